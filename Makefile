@@ -1,0 +1,47 @@
+# The two commands a new user types: `make demo` and `make test`.
+# Each installs what it needs: the venv (Python deps), the Docker engine, the default image.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup venv engine image demo test test-fast lint bench gc clean
+
+setup: venv engine image
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+engine:
+	bash images/ensure-engine.sh
+
+image: venv engine
+	$(BIN)/fsm-runner images build
+
+demo: setup
+	$(BIN)/python examples/demo.py
+
+test: setup
+	bash tests/run.sh
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not docker"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m benchmarks.sandbox_overhead
+
+gc: venv
+	$(BIN)/fsm-runner gc
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

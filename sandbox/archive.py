@@ -1,0 +1,187 @@
+"""Safe tar streams in and out of a sandbox.
+
+Going in, we build the tar ourselves from a host folder (files, dirs and symlinks as
+they are; owners reset to root). Coming out, the tar was produced by code we do not
+trust: every member is checked *before* anything is written, and extraction uses
+``tarfile``'s ``data`` filter as a second net. A container symlink to ``/etc/passwd``
+comes back as a link (docker's archive API does not follow it) and is refused when it
+points outside the destination.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from .errors import UnsafeArchive
+
+SPOOL_MEMORY_BYTES = 32 * 1024 * 1024
+"""Archives up to this size stay in memory; larger ones spill to a temp file."""
+
+
+def _excluded(rel: str, exclude: Iterable[str]) -> bool:
+    for pattern in exclude:
+        if rel == pattern or rel.startswith(pattern.rstrip("/") + "/"):
+            return True
+        if "/" not in pattern and pattern in rel.split("/"):
+            return True
+    return False
+
+
+def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def pack_dir(
+    src: Path, arcname: str, exclude: Iterable[str] = (), *, keep_special: bool = False
+) -> IO[bytes]:
+    """Tar ``src`` as ``arcname/...`` into a spooled file, rewound and ready to send.
+
+    Symlinks are stored as links (never followed), so a link in the repo cannot pull
+    host files into the sandbox. Fifos and devices are skipped, unless ``keep_special``
+    (used when the tar is about to be checked by ``safe_extract``, which refuses them).
+    """
+    exclude = tuple(exclude)
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - caller owns it
+    with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        top = tar.gettarinfo(str(src), arcname=arcname)
+        tar.addfile(_reset_owner(top))
+        for root, dirs, files in os.walk(src):
+            rel_root = os.path.relpath(root, src)
+            rel_root = "" if rel_root == "." else rel_root
+            dirs[:] = sorted(
+                d for d in dirs if not _excluded(posixpath.join(rel_root, d).lstrip("/"), exclude)
+            )
+            for name in sorted(dirs) + sorted(files):
+                rel = posixpath.join(rel_root, name) if rel_root else name
+                if _excluded(rel, exclude):
+                    continue
+                full = os.path.join(root, name)
+                info = tar.gettarinfo(full, arcname=f"{arcname}/{rel}")
+                _reset_owner(info)
+                if info.isreg():
+                    with open(full, "rb") as fh:
+                        tar.addfile(info, fh)
+                elif info.isdir() or info.issym() or keep_special:
+                    tar.addfile(info)
+                # sockets, fifos, devices in a repo are skipped: nothing to copy.
+    spool.seek(0)
+    return spool
+
+
+def pack_path(src: Path, arcname: str, *, keep_special: bool = False) -> IO[bytes]:
+    """Tar a single file or a folder under ``arcname``."""
+    if src.is_dir() and not src.is_symlink():
+        return pack_dir(src, arcname, keep_special=keep_special)
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - caller owns it
+    with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(str(src), arcname=arcname, recursive=False, filter=_reset_owner)
+    spool.seek(0)
+    return spool
+
+
+def spool_chunks(chunks: Iterator[bytes]) -> IO[bytes]:
+    """Collect a streamed archive (docker's get_archive) into a rewound spooled file."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - caller owns it
+    for chunk in chunks:
+        spool.write(chunk)
+    spool.seek(0)
+    return spool
+
+
+def check_member(member: tarfile.TarInfo) -> None:
+    """Refuse a member that could write outside the destination.
+
+    Raises:
+        UnsafeArchive: absolute path, ``..`` component, device/fifo, or a link whose
+            target leaves the extraction root.
+    """
+    name = member.name
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchive(name, "absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(name, "path contains '..'")
+    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+        raise UnsafeArchive(name, "device or fifo")
+    if member.issym() or member.islnk():
+        target = member.linkname
+        if target.startswith("/"):
+            raise UnsafeArchive(name, f"link to absolute path {target!r}")
+        base = posixpath.dirname(posixpath.normpath(name)) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join(base, target))
+        if resolved == ".." or resolved.startswith("../"):
+            raise UnsafeArchive(name, f"link {target!r} points outside the destination")
+    elif not (member.isreg() or member.isdir()):
+        raise UnsafeArchive(name, f"unsupported member type {member.type!r}")
+
+
+def safe_extract(archive: IO[bytes], dest: Path, *, strip_top: bool = False) -> list[str]:
+    """Extract ``archive`` into ``dest`` after checking every member; return names written.
+
+    Nothing is written when any member is unsafe. ``strip_top`` drops the first path
+    component (docker returns ``basename/...`` for a folder).
+
+    Raises:
+        UnsafeArchive: see ``check_member``; also when the data filter refuses a member.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=archive, mode="r:") as tar:
+        members = tar.getmembers()
+        for member in members:
+            check_member(member)
+        if strip_top:
+            kept = []
+            for member in members:
+                _head, _, rest = member.name.partition("/")
+                if not rest:
+                    continue
+                member.name = rest
+                kept.append(member)
+            members = kept
+        # Links already checked relative to their original name; re-check after renaming.
+        for member in members:
+            check_member(member)
+        try:
+            tar.extractall(str(dest), members=members, filter="data")
+        except tarfile.FilterError as exc:  # second net: the stdlib's own refusal
+            raise UnsafeArchive(
+                (getattr(exc, "tarinfo", None) and exc.tarinfo.name) or "?", str(exc)
+            ) from exc
+        return [m.name for m in members]
+
+
+def read_single(archive: IO[bytes], limit: int) -> bytes:
+    """Return up to ``limit`` bytes of the single regular file in ``archive``.
+
+    Raises:
+        FileNotFoundError: the archive holds no regular file (a dir, or a link we refuse to follow).
+    """
+    with tarfile.open(fileobj=archive, mode="r:") as tar:
+        for member in tar:
+            if member.isreg():
+                fh = tar.extractfile(member)
+                assert fh is not None
+                return fh.read(limit)
+            break
+    raise FileNotFoundError("not a regular file (links are never followed)")
+
+
+def tar_bytes(entries: dict[str, bytes]) -> bytes:
+    """Small helper for tests and pushes of generated files: name -> content."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -1,0 +1,138 @@
+"""The sandbox protocol: the one surface the runner uses to execute target code.
+
+Small on purpose (inspect_ai keeps its base to four methods): ``exec`` returns data
+for every exit code, and raises only when the infrastructure failed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+DEFAULT_OUTPUT_LIMIT = 1_000_000
+"""Bytes of stdout (and of stderr) kept in memory per exec; the rest is counted, not kept."""
+
+
+class NetworkPolicy(enum.StrEnum):
+    """Where a sandbox may connect.
+
+    ``none``: loopback only. ``egress``: the normal outside world (package mirrors, with
+    the host CA bundle and proxy settings). ``llm``: only the model endpoint named in
+    ``SandboxSpec.llm_endpoint`` (host port reached through the network gateway).
+    """
+
+    NONE = "none"
+    EGRESS = "egress"
+    LLM = "llm"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What one command did. A non-zero ``exit_code`` is data, never an exception."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+    timed_out: bool = False
+    oom_killed: bool = False
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits applied to the whole sandbox (defaults documented in docs/security.md)."""
+
+    memory: str = "2g"
+    """Memory cap; swap is set to the same value, so there is no swap on top."""
+    cpus: float = 1.0
+    pids: int = 512
+    nofile: int = 4096
+    tmp_size: str = "512m"
+    """Size of the /tmp tmpfs."""
+    shm_size: str = "64m"
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything needed to open a sandbox. Frozen: a spec is never mutated after creation."""
+
+    workspace_src: Path | None = None
+    """Host folder copied (or bind-mounted) to ``workspace``; None = empty workspace."""
+    workspace: str = "/workspace"
+    workspace_mode: Literal["copy", "bind"] = "copy"
+    """``copy``: host files are never written by container code. ``bind``: fast, trusted repos only."""
+    image: str | None = None
+    """Image to run; None = the default image (built offline on demand)."""
+    backend: Literal["docker", "local"] = "docker"
+    network: NetworkPolicy = NetworkPolicy.NONE
+    llm_endpoint: tuple[str, int] | None = None
+    """(host, port) that the ``llm`` network policy may reach."""
+    limits: Limits = field(default_factory=Limits)
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Environment set for every exec (per-exec env is layered on top)."""
+    readonly_mounts: Mapping[str, str] = field(default_factory=dict)
+    """host path -> container path, mounted read-only (model dirs, CA bundle)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels (e.g. run id) on every object we create."""
+    exclude: tuple[str, ...] = (".git", ".venv", "__pycache__", ".aider_fsm/artifacts")
+    """Path parts not copied into the workspace."""
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """A place where target commands run. Open with ``open_sandbox(spec)``; close is idempotent."""
+
+    workspace: str
+    sandbox_id: str
+
+    def exec(
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        stream_to: Path | None = None,
+    ) -> ExecResult:
+        """Run ``command`` with ``sh -c`` semantics; kill the whole process tree on timeout.
+
+        ``stream_to``: a host folder; full output is written to ``stdout.txt``/``stderr.txt``
+        there while it runs (memory stays capped at ``output_limit``).
+        """
+        ...
+
+    def set_network(self, policy: NetworkPolicy) -> None: ...
+
+    def read_file(self, path: str, limit: int = DEFAULT_OUTPUT_LIMIT) -> bytes:
+        """Return at most ``limit`` bytes of ``path`` (relative to the workspace or absolute).
+
+        Raises:
+            FileNotFoundError: the file does not exist (or is not a regular file).
+        """
+        ...
+
+    def push(self, host_path: Path, sandbox_path: str) -> None: ...
+
+    def pull(self, sandbox_path: str, host_path: Path) -> list[str]:
+        """Copy ``sandbox_path`` out into host folder ``host_path``; return the names written.
+
+        Raises:
+            UnsafeArchive: a member is absolute, has ``..``, is a device, or a link escaping.
+            FileNotFoundError: ``sandbox_path`` does not exist.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Sandbox: ...
+
+    def __exit__(self, *exc: object) -> None: ...

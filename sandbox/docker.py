@@ -1,0 +1,419 @@
+"""DockerSandbox: one hardened container per sandbox, reused by every exec.
+
+The container runs an init (tini, ``init=True``: no zombies, a 0.1 s stop) and a no-op
+``sleep infinity``; each command is a ``docker exec`` through the engine API (no CLI
+subprocess on the hot path). Output is read from the exec's hijacked socket with a
+deadline, so a timeout is enforced by us, not by hoping the client times out, and the
+command's whole process tree is killed (see ``procs.py``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import select
+import struct
+import time
+import uuid
+import weakref
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import docker
+import docker.errors
+from docker.types import Ulimit
+
+from . import procs
+from .archive import pack_dir, pack_path, read_single, safe_extract, spool_chunks
+from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
+from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
+from .errors import SandboxClosed, SandboxError
+from .images import ensure_image
+from .network import NetworkSwitch
+from .output import OutputSink
+
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+CA_ENV = (
+    "PIP_CERT",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+)
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+# The capabilities a root `apt-get install` needs (notes/docker.md §5); everything else dropped.
+CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID"]
+
+KILL_GRACE_S = 10.0
+"""After a timeout kill, how long we still drain output before giving up on the stream."""
+
+_open_sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
+
+
+def _close_leftovers() -> None:
+    for sandbox in list(_open_sandboxes):
+        sandbox.close()
+
+
+atexit.register(_close_leftovers)
+
+
+class DockerSandbox:
+    """A disposable hardened container. Open with ``open_sandbox(spec)``."""
+
+    def __init__(self, spec: SandboxSpec, *, progress: Any = None) -> None:
+        self.spec = spec
+        self.workspace = spec.workspace
+        self.sandbox_id = uuid.uuid4().hex[:12]
+        self._client = get_client()
+        self._closed = False
+        self._container: Any = None
+        self.image = ensure_image(spec.image, progress=progress)
+        labels = {**creator_labels("container", self.sandbox_id), **dict(spec.labels)}
+        self._base_env = self._container_env()
+        try:
+            self._container = self._create(labels)
+            _open_sandboxes.add(self)
+            if spec.workspace_src is not None and spec.workspace_mode == "copy":
+                self._copy_in_workspace(spec.workspace_src)
+            with engine_errors("start container"):
+                self._container.start()
+                self._container.reload()
+            self._init_pid = int(self._container.attrs["State"]["Pid"])
+            self._procs_file = procs.host_cgroup_procs(self._init_pid)
+            self._host_kill = procs.host_can_inspect(self._procs_file)
+            self._oom_file = procs.host_memory_oom_file(self._init_pid)
+            self._oom_baseline: int | None = procs.read_oom_kills(self._oom_file)
+            self._net = NetworkSwitch(
+                self._client, self._container, self.sandbox_id, spec.llm_endpoint
+            )
+            if spec.network != NetworkPolicy.NONE:
+                self._net.apply(spec.network)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def _container_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if os.path.isfile(HOST_CA_BUNDLE):
+            env.update(dict.fromkeys(CA_ENV, HOST_CA_BUNDLE))
+        for name in PROXY_ENV:
+            if os.environ.get(name):
+                env[name] = os.environ[name]
+        env.update(self.spec.env)
+        return env
+
+    def _create(self, labels: dict[str, str]) -> Any:
+        spec, lim = self.spec, self.spec.limits
+        volumes: dict[str, dict[str, str]] = {}
+        if os.path.isfile(HOST_CA_BUNDLE):
+            # Mounted over the image's own bundle: pip, git, curl and urllib then all trust
+            # the host's (TLS-intercepting) proxy CA without per-tool settings.
+            volumes[HOST_CA_BUNDLE] = {"bind": HOST_CA_BUNDLE, "mode": "ro"}
+        for host, inside in spec.readonly_mounts.items():
+            volumes[str(Path(host).resolve())] = {"bind": inside, "mode": "ro"}
+        if spec.workspace_src is not None and spec.workspace_mode == "bind":
+            volumes[str(spec.workspace_src.resolve())] = {"bind": spec.workspace, "mode": "rw"}
+        with engine_errors("create container"):
+            return self._client.containers.create(
+                self.image,
+                ["sleep", "infinity"],
+                name=f"fsm-{self.sandbox_id}",
+                init=True,
+                detach=True,
+                labels=labels,
+                environment=self._base_env,
+                working_dir=spec.workspace,
+                network_mode="none",
+                mem_limit=lim.memory,
+                memswap_limit=lim.memory,
+                nano_cpus=int(lim.cpus * 1e9),
+                pids_limit=lim.pids,
+                ulimits=[Ulimit(name="nofile", soft=lim.nofile, hard=lim.nofile)],
+                cap_drop=["ALL"],
+                cap_add=CAPS,
+                security_opt=["no-new-privileges"],
+                tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={lim.tmp_size}"},
+                shm_size=lim.shm_size,
+                volumes=volumes,
+                stop_signal="SIGKILL",
+            )
+
+    def _copy_in_workspace(self, src: Path) -> None:
+        if not src.is_dir():
+            raise SandboxError(f"workspace source {src} is not a directory")
+        parent = str(PurePosixPath(self.workspace).parent)
+        name = PurePosixPath(self.workspace).name
+        with pack_dir(src, name, self.spec.exclude) as archive, engine_errors("copy workspace in"):
+            self._container.put_archive(parent, archive)
+
+    def close(self) -> None:
+        """Remove the container and its own networks. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_sandboxes.discard(self)
+        net = getattr(self, "_net", None)
+        if self._container is not None:
+            # Already gone, or the reaper removes it by label: close never raises.
+            with contextlib.suppress(docker.errors.DockerException):
+                self._container.remove(force=True, v=True)
+        if net is not None:
+            net.close()
+
+    def __enter__(self) -> DockerSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxClosed(f"sandbox {self.sandbox_id} is closed")
+
+    @property
+    def container_id(self) -> str:
+        return str(self._container.id)
+
+    @property
+    def network_policy(self) -> NetworkPolicy:
+        return self._net.policy
+
+    @property
+    def llm_gateway(self) -> str | None:
+        """Address the sandbox uses to reach the host under the ``llm`` policy."""
+        return self._net.llm_gateway
+
+    def describe(self) -> dict[str, Any]:
+        """What a run dir's ``sandbox.json`` records about this sandbox."""
+        lim = self.spec.limits
+        return {
+            "backend": "docker",
+            "sandbox_id": self.sandbox_id,
+            "container_id": self.container_id if self._container is not None else None,
+            "image": self.image,
+            "workspace": self.workspace,
+            "workspace_mode": self.spec.workspace_mode,
+            "network": self._net.policy.value if hasattr(self, "_net") else None,
+            "limits": {
+                "memory": lim.memory,
+                "memory_swap": lim.memory,
+                "cpus": lim.cpus,
+                "pids": lim.pids,
+                "nofile": lim.nofile,
+                "tmp": lim.tmp_size,
+            },
+            "capabilities": CAPS,
+            "security_opt": ["no-new-privileges"],
+            "init": True,
+        }
+
+    # -- operations ----------------------------------------------------------------
+
+    def set_network(self, policy: NetworkPolicy) -> None:
+        self._check_open()
+        self._net.apply(NetworkPolicy(policy))
+
+    def exec(
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        stream_to: Path | None = None,
+    ) -> ExecResult:
+        self._check_open()
+        marker = uuid.uuid4().hex
+        full_env = {**self._base_env, **(env or {}), procs.MARKER_VAR: marker}
+        workdir = self._resolve_cwd(cwd)
+        api = self._client.api
+        started = time.monotonic()
+        with engine_errors("exec create"):
+            exec_id = api.exec_create(
+                self.container_id,
+                ["sh", "-c", command],
+                environment=[f"{k}={v}" for k, v in full_env.items()],
+                workdir=workdir,
+            )["Id"]
+        sink = OutputSink(output_limit, stream_to)
+        timed_out = False
+        try:
+            with engine_errors("exec start"):
+                sock = api.exec_start(exec_id, socket=True)
+            try:
+                deadline = None if timeout is None else started + timeout
+                finished = self._pump(sock, sink, deadline)
+                if not finished:
+                    timed_out = True
+                    self._kill_marked(marker)
+                    self._pump(sock, sink, time.monotonic() + KILL_GRACE_S)
+            finally:
+                _close_socket(sock)
+        finally:
+            sink.close()
+        exit_code = self._exit_code(exec_id, timed_out)
+        oom = self._oom_happened(exit_code)
+        return ExecResult(
+            exit_code=exit_code,
+            stdout=sink.text(1),
+            stderr=sink.text(2),
+            duration_s=time.monotonic() - started,
+            timed_out=timed_out,
+            oom_killed=oom,
+            truncated=sink.truncated,
+        )
+
+    def _resolve_cwd(self, cwd: str | None) -> str:
+        if not cwd:
+            return self.workspace
+        path = PurePosixPath(cwd)
+        return str(path if path.is_absolute() else PurePosixPath(self.workspace) / path)
+
+    def _pump(self, sock: Any, sink: OutputSink, deadline: float | None) -> bool:
+        """Read multiplexed frames until EOF (True) or the deadline passes (False)."""
+        header = b""
+        want = 8
+        stream_id = 0
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([sock], [], [], wait)
+            if not ready:
+                return False
+            chunk = _recv(sock, want)
+            if not chunk:
+                return True
+            if stream_id == 0:
+                header += chunk
+                if len(header) < 8:
+                    want = 8 - len(header)
+                    continue
+                stream_id, size = struct.unpack(">BxxxL", header)
+                header = b""
+                want = size
+                if size == 0:
+                    stream_id, want = 0, 8
+                continue
+            sink.write(stream_id, chunk)
+            want -= len(chunk)
+            if want <= 0:
+                stream_id, want = 0, 8
+
+    def _kill_marked(self, marker: str) -> None:
+        host_ok = self._host_kill and self._procs_file is not None
+        if host_ok and procs.host_kill_marked(self._procs_file, marker) >= 0:  # type: ignore[arg-type]
+            return
+        with engine_errors("kill process tree"):
+            self._container.exec_run(procs.in_container_killer(marker), privileged=True)
+
+    def _exit_code(self, exec_id: str, timed_out: bool) -> int:
+        with engine_errors("exec inspect"):
+            for _ in range(50):
+                info = self._client.api.exec_inspect(exec_id)
+                if not info.get("Running"):
+                    code = info.get("ExitCode")
+                    return (
+                        124
+                        if timed_out and code in (None, 0)
+                        else int(code if code is not None else -1)
+                    )
+                time.sleep(0.02)
+        return 124 if timed_out else -1
+
+    def _oom_happened(self, exit_code: int) -> bool:
+        """Diff the cgroup's oom_kill counter; read inside only when the host cannot see it."""
+        if self._oom_file is not None:
+            now = procs.read_oom_kills(self._oom_file)
+            before, self._oom_baseline = self._oom_baseline, now
+            return now is not None and before is not None and now > before
+        if exit_code != 137:
+            return False
+        with engine_errors("read oom counter"):
+            out = self._container.exec_run(
+                [
+                    "sh",
+                    "-c",
+                    "cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null",
+                ]
+            ).output.decode(errors="replace")
+        now = procs.parse_oom_kills(out)
+        before, self._oom_baseline = self._oom_baseline, now
+        return now is not None and now > (before or 0)
+
+    def read_file(self, path: str, limit: int = DEFAULT_OUTPUT_LIMIT) -> bytes:
+        self._check_open()
+        full = self._resolve_cwd(path)
+        try:
+            with engine_errors(f"read {full}"):
+                chunks, _stat = self._container.get_archive(full)
+                archive = spool_chunks(chunks)
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                raise FileNotFoundError(full) from exc
+            raise
+        with archive:
+            return read_single(archive, limit)
+
+    def push(self, host_path: Path, sandbox_path: str) -> None:
+        self._check_open()
+        dest = PurePosixPath(self._resolve_cwd(sandbox_path))
+        self._ensure_dir(str(dest.parent))
+        archive: IO[bytes]
+        with pack_path(Path(host_path), dest.name) as archive, engine_errors(f"push {dest}"):
+            self._container.put_archive(str(dest.parent), archive)
+
+    def _ensure_dir(self, path: str) -> None:
+        with engine_errors(f"mkdir {path}"):
+            res = self._container.exec_run(["mkdir", "-p", path])
+        if res.exit_code != 0:
+            raise SandboxError(
+                f"cannot create {path} in sandbox: {res.output.decode(errors='replace')}"
+            )
+
+    def pull(self, sandbox_path: str, host_path: Path) -> list[str]:
+        self._check_open()
+        full = self._resolve_cwd(sandbox_path)
+        try:
+            with engine_errors(f"pull {full}"):
+                chunks, stat = self._container.get_archive(full)
+                archive = spool_chunks(chunks)
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                raise FileNotFoundError(full) from exc
+            raise
+        is_dir = bool(int(stat.get("mode", 0)) & (1 << 31))
+        with archive:
+            return safe_extract(archive, Path(host_path), strip_top=is_dir)
+
+
+def _recv(sock: Any, n: int) -> bytes:
+    n = min(n, 65536)
+    if hasattr(sock, "recv"):
+        return bytes(sock.recv(n))
+    return bytes(sock.read(n) or b"")
+
+
+def _close_socket(sock: Any) -> None:
+    try:
+        inner = getattr(sock, "_sock", None)
+        if inner is not None:
+            inner.close()
+        sock.close()
+    except OSError:
+        pass
+
+
+def find_sandbox_containers(sandbox_id: str) -> list[Any]:
+    """Containers labelled with ``sandbox_id`` (tests and the reaper use this)."""
+    with engine_errors("list containers"):
+        return list(
+            get_client().containers.list(
+                all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"}
+            )
+        )

@@ -1,0 +1,130 @@
+"""The one boundary between the docker SDK and our errors, plus the labels we stamp.
+
+Every docker SDK call goes through ``engine_errors()`` so that a missing engine becomes
+``EngineUnavailable`` (with the command that fixes it) and any other API failure
+becomes ``SandboxError``; nothing from ``docker.errors`` reaches a caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import docker
+import docker.constants
+import docker.errors
+import requests
+
+from .errors import EngineUnavailable, SandboxError
+
+LABEL_PREFIX = "fsm-runner"
+LABEL_SANDBOX = f"{LABEL_PREFIX}.sandbox-id"
+LABEL_CREATOR_PID = f"{LABEL_PREFIX}.creator-pid"
+LABEL_CREATOR_START = f"{LABEL_PREFIX}.creator-start"
+LABEL_CREATOR_HOST = f"{LABEL_PREFIX}.creator-host"
+LABEL_CREATED_AT = f"{LABEL_PREFIX}.created-at"
+LABEL_KIND = f"{LABEL_PREFIX}.kind"
+
+
+def process_start_ticks(pid: int) -> str:
+    """Start time of ``pid`` in clock ticks since boot; tells a live creator from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return ""
+    # Field 22, counted after the parenthesised command name (which may hold spaces).
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def creator_labels(kind: str, sandbox_id: str = "") -> dict[str, str]:
+    """Labels that let ``reaper.gc()`` decide whether an object's creator is still alive."""
+    pid = os.getpid()
+    labels = {
+        LABEL_KIND: kind,
+        LABEL_CREATOR_PID: str(pid),
+        LABEL_CREATOR_START: process_start_ticks(pid),
+        LABEL_CREATOR_HOST: socket.gethostname(),
+        LABEL_CREATED_AT: f"{time.time():.3f}",
+    }
+    if sandbox_id:
+        labels[LABEL_SANDBOX] = sandbox_id
+    return labels
+
+
+@contextmanager
+def engine_errors(action: str) -> Iterator[None]:
+    """Translate docker SDK / transport errors raised while doing ``action``."""
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        raise SandboxError(f"{action}: not found: {exc.explanation or exc}") from exc
+    except docker.errors.APIError as exc:
+        raise SandboxError(f"{action}: engine refused: {exc.explanation or exc}") from exc
+    except (requests.ConnectionError, ConnectionError) as exc:
+        raise EngineUnavailable(f"{action}: {exc}") from exc
+    except docker.errors.DockerException as exc:
+        raise SandboxError(f"{action}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_client() -> docker.DockerClient:
+    return _connect()
+
+
+def _connect() -> docker.DockerClient:
+    # Probe with a pinned-version client first: ``from_env()`` negotiates the API version
+    # inside its constructor and leaks that socket when the engine is missing.
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
+        # Checked first because docker-py leaks the socket of a failed unix connect.
+        raise EngineUnavailable(f"no engine socket at {host.removeprefix('unix://')}")
+    probe: docker.DockerClient | None = None
+    try:
+        probe = docker.from_env(version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=10)
+        probe.ping()
+        client = docker.from_env(timeout=120)
+    except (docker.errors.DockerException, requests.ConnectionError, OSError) as exc:
+        raise EngineUnavailable(
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        ) from exc
+    finally:
+        if probe is not None:
+            probe.close()
+    return client
+
+
+def get_client() -> docker.DockerClient:
+    """A shared client for this process (one connection pool; the SDK is thread-safe per call).
+
+    Raises:
+        EngineUnavailable: no engine answers at DOCKER_HOST / the default socket.
+    """
+    try:
+        return _cached_client()
+    except EngineUnavailable:
+        _cached_client.cache_clear()
+        raise
+
+
+def reset_client() -> None:
+    """Close and forget the shared client (after DOCKER_HOST changes, or in tests)."""
+    if _cached_client.cache_info().currsize:
+        try:
+            _cached_client().close()
+        except EngineUnavailable:
+            pass
+    _cached_client.cache_clear()
+
+
+def engine_available() -> bool:
+    """True when an engine answers; never raises."""
+    try:
+        get_client()
+    except EngineUnavailable:
+        return False
+    return True

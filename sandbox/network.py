@@ -1,0 +1,151 @@
+"""Networks a sandbox may be attached to, and switching between them while it runs.
+
+``none``: the container has no network at all (loopback only): it is created with
+``network_mode=none`` and every network is disconnected.
+``egress``: attached to a shared user bridge ``fsm-runner-egress`` with inter-container
+traffic disabled (two untrusted sandboxes on it cannot reach each other).
+``llm``: attached to a per-sandbox ``internal`` network (no forwarding off the host); a
+host firewall rule (when we are root) drops everything the sandbox sends to the host
+except the model endpoint's port on that network's gateway. Without the rule an
+internal network still reaches every host service bound to 0.0.0.0 (notes/docker.md §8).
+
+Switching costs one or two engine calls (~65 ms each, measured).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from typing import Any
+
+import docker
+
+from .base import NetworkPolicy
+from .engine import creator_labels, engine_errors
+from .errors import SandboxError
+
+EGRESS_NETWORK = "fsm-runner-egress"
+
+
+def ensure_egress_network(client: docker.DockerClient) -> Any:
+    """The shared egress bridge, created once (labelled so ``images/gc`` tools can see it)."""
+    with engine_errors("list networks"):
+        found = client.networks.list(names=[EGRESS_NETWORK])
+    for net in found:
+        if net.name == EGRESS_NETWORK:
+            return net
+    with engine_errors(f"create network {EGRESS_NETWORK}"):
+        try:
+            return client.networks.create(
+                EGRESS_NETWORK,
+                driver="bridge",
+                options={"com.docker.network.bridge.enable_icc": "false"},
+                labels=creator_labels("network-shared"),
+            )
+        except docker.errors.APIError as exc:  # lost a creation race with another process
+            if exc.status_code == 409:
+                return client.networks.get(EGRESS_NETWORK)
+            raise
+
+
+class NetworkSwitch:
+    """Keeps one container's attachments in line with the requested policy."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        container: Any,
+        sandbox_id: str,
+        llm_endpoint: tuple[str, int] | None,
+    ) -> None:
+        self._client = client
+        self._container = container
+        self._sandbox_id = sandbox_id
+        self._llm_endpoint = llm_endpoint
+        self._llm_net: Any = None
+        self._fw_rules: list[list[str]] = []
+        self.attached: set[str] = {"none"}
+        self.policy = NetworkPolicy.NONE
+        self.llm_gateway: str | None = None
+
+    def apply(self, policy: NetworkPolicy) -> None:
+        if policy == self.policy:
+            return
+        self._detach_all()
+        if policy == NetworkPolicy.EGRESS:
+            net = ensure_egress_network(self._client)
+            with engine_errors("connect egress network"):
+                net.connect(self._container)
+            self.attached = {net.name}
+        elif policy == NetworkPolicy.LLM:
+            net = self._ensure_llm_network()
+            with engine_errors("connect llm network"):
+                net.connect(self._container)
+            self.attached = {net.name}
+        else:
+            with engine_errors("connect none network"):
+                self._client.networks.get("none").connect(self._container)
+            self.attached = {"none"}
+        self.policy = policy
+
+    def _detach_all(self) -> None:
+        for name in sorted(self.attached):
+            with engine_errors(f"disconnect network {name}"):
+                self._client.networks.get(name).disconnect(self._container, force=True)
+        self.attached = set()
+
+    def _ensure_llm_network(self) -> Any:
+        if self._llm_net is not None:
+            return self._llm_net
+        if self._llm_endpoint is None:
+            raise SandboxError("network policy 'llm' needs SandboxSpec.llm_endpoint=(host, port)")
+        with engine_errors("create llm network"):
+            net = self._client.networks.create(
+                f"fsm-llm-{self._sandbox_id}",
+                driver="bridge",
+                internal=True,
+                labels=creator_labels("network", self._sandbox_id),
+            )
+            net.reload()
+        self._llm_net = net
+        bridge = f"br-{net.id[:12]}"
+        config = (net.attrs.get("IPAM") or {}).get("Config") or [{}]
+        self.llm_gateway = config[0].get("Gateway")
+        self._install_firewall(bridge, self._llm_endpoint[1])
+        return net
+
+    def _install_firewall(self, bridge: str, port: int) -> None:
+        """Drop all sandbox->host traffic on ``bridge`` except the model port (root only)."""
+        iptables = shutil.which("iptables")
+        if iptables is None:
+            return
+        rules = [
+            [iptables, "-I", "INPUT", "-i", bridge, "-j", "DROP"],
+            [
+                iptables,
+                "-I",
+                "INPUT",
+                "-i",
+                bridge,
+                "-p",
+                "tcp",
+                "--dport",
+                str(port),
+                "-j",
+                "ACCEPT",
+            ],
+        ]
+        for rule in rules:
+            if subprocess.run(rule, capture_output=True, check=False).returncode == 0:
+                self._fw_rules.append(rule)
+
+    def close(self) -> None:
+        for rule in reversed(self._fw_rules):
+            delete = [rule[0], "-D", *rule[2:]]
+            subprocess.run(delete, capture_output=True, check=False)
+        self._fw_rules = []
+        if self._llm_net is not None:
+            with contextlib.suppress(docker.errors.DockerException):  # else the reaper removes it
+                self._llm_net.remove()
+            self._llm_net = None

@@ -1,0 +1,177 @@
+"""Behaviour every sandbox backend promises, run against each backend.
+
+The docker variant runs against the real engine; the local variant only where it can
+keep the promise without a container.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox import NetworkPolicy, Sandbox, SandboxClosed, SandboxSpec, UnsafeArchive, open_sandbox
+
+
+@pytest.fixture(params=["docker", "local"])
+def sb(request: pytest.FixtureRequest, repo_dir: Path) -> Iterator[Sandbox]:
+    backend = request.param
+    if backend == "docker":
+        request.applymarker(pytest.mark.docker)
+        image = request.getfixturevalue("default_image")
+        spec = SandboxSpec(workspace_src=repo_dir, image=image)
+    else:
+        spec = SandboxSpec(workspace_src=repo_dir, backend="local")
+    with open_sandbox(spec) as box:
+        yield box
+
+
+def test_exit_code_is_data_and_streams_are_separate(sb: Sandbox) -> None:
+    res = sb.exec("cat README.md; echo oops >&2; exit 3")
+    assert res.exit_code == 3
+    assert res.stdout == "# demo\n"
+    assert res.stderr == "oops\n"
+    assert not res.timed_out and not res.truncated and not res.ok
+
+
+def test_env_and_cwd(sb: Sandbox) -> None:
+    res = sb.exec('echo "$GREETING"; pwd', env={"GREETING": "hi there"}, cwd="src")
+    assert res.exit_code == 0
+    lines = res.stdout.splitlines()
+    assert lines[0] == "hi there"
+    assert lines[1].endswith("/src")
+
+
+def test_timeout_kills_whole_tree(sb: Sandbox) -> None:
+    res = sb.exec("sh -c 'sleep 300 & sleep 300'", timeout=1.5)
+    assert res.timed_out
+    assert res.exit_code != 0
+    assert res.duration_s < 20
+    left = sb.exec("ps -eo args | grep '[s]leep 300' || true")
+    assert left.stdout.strip() == "", f"survivors: {left.stdout}"
+
+
+def test_timeout_kills_setsid_escapes(sb: Sandbox) -> None:
+    res = sb.exec("setsid sleep 301 & setsid sh -c 'sleep 302' & sleep 303", timeout=1.5)
+    assert res.timed_out
+    left = sb.exec("ps -eo args | grep '[s]leep 30[123]' || true")
+    assert left.stdout.strip() == "", f"survivors: {left.stdout}"
+
+
+def test_background_process_survives_between_execs(sb: Sandbox) -> None:
+    sb.exec("nohup sleep 120 >/dev/null 2>&1 &")
+    res = sb.exec("ps -eo args | grep '[s]leep 120'")
+    assert res.exit_code == 0 and "sleep 120" in res.stdout
+
+
+def test_output_is_capped_and_flagged(sb: Sandbox, tmp_path: Path) -> None:
+    res = sb.exec("head -c 3000000 /dev/zero | tr '\\0' x", output_limit=1000, stream_to=tmp_path / "out")
+    assert res.truncated
+    assert len(res.stdout) == 1000
+    assert (tmp_path / "out" / "stdout.txt").stat().st_size == 3_000_000
+
+
+def test_not_truncated_under_limit(sb: Sandbox) -> None:
+    res = sb.exec("printf 'abc'", output_limit=3)
+    assert res.stdout == "abc" and not res.truncated
+
+
+def test_read_file_push_pull(sb: Sandbox, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f.txt").write_text("payload")
+    sb.push(src, "pushed")
+    assert sb.read_file("pushed/d/f.txt") == b"payload"
+    assert sb.read_file("pushed/d/f.txt", limit=3) == b"pay"
+    sb.exec("mkdir -p out/sub && echo result > out/sub/r.txt")
+    names = sb.pull("out", tmp_path / "back")
+    assert (tmp_path / "back" / "sub" / "r.txt").read_text() == "result\n"
+    assert "sub/r.txt" in names
+    with pytest.raises(FileNotFoundError):
+        sb.read_file("no/such/file")
+    with pytest.raises(FileNotFoundError):
+        sb.pull("no/such/dir", tmp_path / "x")
+
+
+def test_read_file_never_follows_links(sb: Sandbox) -> None:
+    sb.exec("ln -s /etc/passwd passwd_link")
+    with pytest.raises(FileNotFoundError):
+        sb.read_file("passwd_link")
+
+
+def test_pull_refuses_link_to_etc_passwd(sb: Sandbox, tmp_path: Path) -> None:
+    sb.exec("mkdir -p art && echo ok > art/a.txt && ln -s /etc/passwd art/evil && ln -s ../../.. art/up")
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchive):
+        sb.pull("art", dest)
+    # Nothing at all is written when any member is unsafe.
+    assert not (dest / "a.txt").exists()
+    assert not (dest / "evil").exists()
+
+
+def test_pull_refuses_fifo(sb: Sandbox, tmp_path: Path) -> None:
+    sb.exec("mkdir -p art2 && mkfifo art2/pipe")
+    with pytest.raises(UnsafeArchive):
+        sb.pull("art2", tmp_path / "d2")
+
+
+def test_pull_keeps_inner_links(sb: Sandbox, tmp_path: Path) -> None:
+    sb.exec("mkdir -p art3 && echo x > art3/t.txt && ln -s t.txt art3/inner")
+    sb.pull("art3", tmp_path / "d3")
+    assert (tmp_path / "d3" / "inner").is_symlink()
+    assert (tmp_path / "d3" / "inner").read_text() == "x\n"
+
+
+def test_close_is_idempotent_and_final(sb: Sandbox) -> None:
+    sb.close()
+    sb.close()
+    with pytest.raises(SandboxClosed):
+        sb.exec("true")
+    with pytest.raises(SandboxClosed):
+        sb.set_network(NetworkPolicy.NONE)
+
+
+def test_unknown_backend_lists_known() -> None:
+    from sandbox import SandboxError
+
+    with pytest.raises(SandboxError, match="known: docker, local"):
+        open_sandbox(SandboxSpec(backend="podman"))  # type: ignore[arg-type]
+
+
+def _tar(members: list[tarfile.TarInfo]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for m in members:
+            tar.addfile(m, io.BytesIO(b"x" * m.size) if m.isreg() else None)
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "link"),
+    [
+        ("/etc/evil", tarfile.REGTYPE, ""),
+        ("a/../../evil", tarfile.REGTYPE, ""),
+        ("lnk", tarfile.SYMTYPE, "/etc/passwd"),
+        ("d/lnk", tarfile.SYMTYPE, "../../outside"),
+        ("hard", tarfile.LNKTYPE, "../outside"),
+        ("dev", tarfile.CHRTYPE, ""),
+        ("fifo", tarfile.FIFOTYPE, ""),
+    ],
+)
+def test_safe_extract_refuses_hostile_members(tmp_path: Path, name: str, kind: bytes, link: str) -> None:
+    from sandbox.archive import safe_extract
+
+    ok = tarfile.TarInfo("fine.txt")
+    ok.size = 1
+    bad = tarfile.TarInfo(name)
+    bad.type = kind
+    bad.linkname = link
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchive):
+        safe_extract(_tar([ok, bad]), dest)
+    assert not (dest / "fine.txt").exists()
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "outside").exists()
