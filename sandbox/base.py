@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 DEFAULT_OUTPUT_LIMIT = 1_000_000
 """Bytes of stdout (and of stderr) kept in memory per exec; the rest is counted, not kept."""
@@ -92,6 +92,15 @@ class Sandbox(Protocol):
 
     workspace: str
     sandbox_id: str
+
+    @property
+    def llm_address(self) -> tuple[str, int] | None:
+        """Where stages reach the model endpoint under the ``llm`` policy (None: no endpoint)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What the run dir's ``sandbox.json`` records (backend, image, limits, network)."""
+        ...
 
     def exec(
         self,

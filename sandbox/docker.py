@@ -14,6 +14,7 @@ import contextlib
 import os
 import select
 import struct
+import threading
 import time
 import uuid
 import weakref
@@ -23,10 +24,10 @@ from typing import IO, Any
 
 import docker
 import docker.errors
-from docker.types import Ulimit
+from docker.types import Mount, Ulimit
 
 from . import procs
-from .archive import pack_dir, pack_path, read_single, safe_extract, spool_chunks
+from .archive import copy_tree, pack_dir, pack_path, read_single, safe_extract, spool_chunks
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
@@ -74,13 +75,36 @@ class DockerSandbox:
         self.image = ensure_image(spec.image, progress=progress)
         labels = {**creator_labels("container", self.sandbox_id), **dict(spec.labels)}
         self._base_env = self._container_env()
+        copy_src = spec.workspace_src if spec.workspace_mode == "copy" else None
+        if copy_src is not None and not copy_src.is_dir():
+            raise SandboxError(f"workspace source {copy_src} is not a directory")
         try:
-            self._container = self._create(labels)
+            # Fast path: the workspace is an anonymous volume of this container, filled by a
+            # plain host copy into its mountpoint (under the engine's root-only data dir)
+            # before start. Otherwise (not root, remote engine) the tar is packed while the
+            # engine creates the container and copied in through the archive API.
+            via_volume = copy_src is not None and _can_fill_volumes()
+            packer = None
+            if copy_src is not None and not via_volume:
+                name = PurePosixPath(self.workspace).name
+                packer = _Background(lambda: pack_dir(copy_src, name, self.spec.exclude))
+            self._container = self._create(labels, workspace_volume=via_volume)
             _open_sandboxes.add(self)
-            if spec.workspace_src is not None and spec.workspace_mode == "copy":
-                self._copy_in_workspace(spec.workspace_src)
-            with engine_errors("start container"):
-                self._container.start()
+            if via_volume and copy_src is not None:
+                # The volume is mounted at start, so the host copy can overlap the start:
+                # no exec can run before both are done.
+                starter = _Background(self._container.start)
+                copy_tree(copy_src, self._volume_source(), self.spec.exclude)
+                with engine_errors("start container"):
+                    starter.result()
+            else:
+                if packer is not None:
+                    with packer.result() as archive, engine_errors("copy workspace in"):
+                        parent = str(PurePosixPath(self.workspace).parent)
+                        self._container.put_archive(parent, archive)
+                with engine_errors("start container"):
+                    self._container.start()
+            with engine_errors("inspect container"):
                 self._container.reload()
             self._init_pid = int(self._container.attrs["State"]["Pid"])
             self._procs_file = procs.host_cgroup_procs(self._init_pid)
@@ -108,7 +132,14 @@ class DockerSandbox:
         env.update(self.spec.env)
         return env
 
-    def _create(self, labels: dict[str, str]) -> Any:
+    def _volume_source(self) -> Path:
+        # containers.create() already inspected the new container: Mounts are in attrs.
+        for mount in self._container.attrs.get("Mounts") or []:
+            if mount.get("Destination") == self.workspace and mount.get("Type") == "volume":
+                return Path(mount["Source"])
+        raise SandboxError("workspace volume not found on the new container")
+
+    def _create(self, labels: dict[str, str], *, workspace_volume: bool = False) -> Any:
         spec, lim = self.spec, self.spec.limits
         volumes: dict[str, dict[str, str]] = {}
         if os.path.isfile(HOST_CA_BUNDLE):
@@ -119,6 +150,9 @@ class DockerSandbox:
             volumes[str(Path(host).resolve())] = {"bind": inside, "mode": "ro"}
         if spec.workspace_src is not None and spec.workspace_mode == "bind":
             volumes[str(spec.workspace_src.resolve())] = {"bind": spec.workspace, "mode": "rw"}
+        mounts = (
+            [Mount(target=spec.workspace, source="", type="volume")] if workspace_volume else []
+        )
         with engine_errors("create container"):
             return self._client.containers.create(
                 self.image,
@@ -141,16 +175,9 @@ class DockerSandbox:
                 tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={lim.tmp_size}"},
                 shm_size=lim.shm_size,
                 volumes=volumes,
+                mounts=mounts,
                 stop_signal="SIGKILL",
             )
-
-    def _copy_in_workspace(self, src: Path) -> None:
-        if not src.is_dir():
-            raise SandboxError(f"workspace source {src} is not a directory")
-        parent = str(PurePosixPath(self.workspace).parent)
-        name = PurePosixPath(self.workspace).name
-        with pack_dir(src, name, self.spec.exclude) as archive, engine_errors("copy workspace in"):
-            self._container.put_archive(parent, archive)
 
     def close(self) -> None:
         """Remove the container and its own networks. Idempotent; never raises."""
@@ -185,9 +212,9 @@ class DockerSandbox:
         return self._net.policy
 
     @property
-    def llm_gateway(self) -> str | None:
-        """Address the sandbox uses to reach the host under the ``llm`` policy."""
-        return self._net.llm_gateway
+    def llm_address(self) -> tuple[str, int] | None:
+        """(host, port) stages use to reach the model endpoint under the ``llm`` policy."""
+        return self._net.llm_address
 
     def describe(self) -> dict[str, Any]:
         """What a run dir's ``sandbox.json`` records about this sandbox."""
@@ -390,6 +417,35 @@ class DockerSandbox:
         is_dir = bool(int(stat.get("mode", 0)) & (1 << 31))
         with archive:
             return safe_extract(archive, Path(host_path), strip_top=is_dir)
+
+
+class _Background:
+    """Run ``fn`` in a thread now; ``result()`` joins and re-raises its exception."""
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _can_fill_volumes() -> bool:
+    """True when volume mountpoints are on this host and writable by us (root, local engine)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return os.geteuid() == 0 and (not host or host.startswith("unix://"))
 
 
 def _recv(sock: Any, n: int) -> bytes:

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import docker
 import docker.constants
@@ -114,10 +114,8 @@ def get_client() -> docker.DockerClient:
 def reset_client() -> None:
     """Close and forget the shared client (after DOCKER_HOST changes, or in tests)."""
     if _cached_client.cache_info().currsize:
-        try:
+        with suppress(EngineUnavailable):
             _cached_client().close()
-        except EngineUnavailable:
-            pass
     _cached_client.cache_clear()
 
 

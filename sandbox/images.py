@@ -175,6 +175,18 @@ def ensure_image(image: str | None = None, *, progress: Progress | None = None) 
         ImageBuildError: the default image could not be built.
     """
     say = progress or _default_progress
+    key = image or ""
+    if key in _verified:  # opening many sandboxes: check the engine once per process
+        return _verified[key]
+    tag = _ensure(image, say)
+    _verified[key] = tag
+    return tag
+
+
+_verified: dict[str, str] = {}
+
+
+def _ensure(image: str | None, say: Progress) -> str:
     if image:
         if not image_exists(image):
             raise SandboxError(

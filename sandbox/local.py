@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from . import procs
 from .archive import pack_path, safe_extract
@@ -52,7 +52,12 @@ class LocalSandbox:
             self.workspace = str(ws)
         self.network = spec.network
 
-    def describe(self) -> dict[str, object]:
+    @property
+    def llm_address(self) -> tuple[str, int] | None:
+        """No network isolation here: stages reach the endpoint directly."""
+        return self.spec.llm_endpoint
+
+    def describe(self) -> dict[str, Any]:
         return {
             "backend": "local",
             "sandbox_id": self.sandbox_id,
@@ -192,4 +197,6 @@ class LocalSandbox:
         if not src.exists() and not src.is_symlink():
             raise FileNotFoundError(str(src))
         with pack_path(src, src.name, keep_special=True) as archive:
-            return safe_extract(archive, Path(host_path), strip_top=src.is_dir() and not src.is_symlink())
+            return safe_extract(
+                archive, Path(host_path), strip_top=src.is_dir() and not src.is_symlink()
+            )

@@ -5,8 +5,9 @@
 ``egress``: attached to a shared user bridge ``fsm-runner-egress`` with inter-container
 traffic disabled (two untrusted sandboxes on it cannot reach each other).
 ``llm``: attached to a per-sandbox ``internal`` network (no forwarding off the host); a
-host firewall rule (when we are root) drops everything the sandbox sends to the host
-except the model endpoint's port on that network's gateway. Without the rule an
+relay the runner owns listens on that network's gateway and forwards to the model
+endpoint, and a host firewall rule (when we are root) drops everything the sandbox
+sends to the host except the relay's port. Without the rule an
 internal network still reaches every host service bound to 0.0.0.0 (notes/docker.md §8).
 
 Switching costs one or two engine calls (~65 ms each, measured).
@@ -24,6 +25,7 @@ import docker
 from .base import NetworkPolicy
 from .engine import creator_labels, engine_errors
 from .errors import SandboxError
+from .relay import TcpRelay
 
 EGRESS_NETWORK = "fsm-runner-egress"
 
@@ -65,9 +67,20 @@ class NetworkSwitch:
         self._llm_endpoint = llm_endpoint
         self._llm_net: Any = None
         self._fw_rules: list[list[str]] = []
+        self._relay: TcpRelay | None = None
         self.attached: set[str] = {"none"}
         self.policy = NetworkPolicy.NONE
         self.llm_gateway: str | None = None
+
+    @property
+    def llm_address(self) -> tuple[str, int] | None:
+        """(gateway, relay port) the sandbox uses to reach the model under ``llm``."""
+        return self._relay.address if self._relay is not None else None
+
+    def prepare_llm(self) -> None:
+        """Create the llm network, relay and firewall now, so callers know the address early."""
+        if self._llm_endpoint is not None:
+            self._ensure_llm_network()
 
     def apply(self, policy: NetworkPolicy) -> None:
         if policy == self.policy:
@@ -112,7 +125,10 @@ class NetworkSwitch:
         bridge = f"br-{net.id[:12]}"
         config = (net.attrs.get("IPAM") or {}).get("Config") or [{}]
         self.llm_gateway = config[0].get("Gateway")
-        self._install_firewall(bridge, self._llm_endpoint[1])
+        if not self.llm_gateway:
+            raise SandboxError(f"llm network {net.name} has no gateway address")
+        self._relay = TcpRelay(self.llm_gateway, self._llm_endpoint)
+        self._install_firewall(bridge, self._relay.address[1])
         return net
 
     def _install_firewall(self, bridge: str, port: int) -> None:
@@ -145,6 +161,9 @@ class NetworkSwitch:
             delete = [rule[0], "-D", *rule[2:]]
             subprocess.run(delete, capture_output=True, check=False)
         self._fw_rules = []
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
         if self._llm_net is not None:
             with contextlib.suppress(docker.errors.DockerException):  # else the reaper removes it
                 self._llm_net.remove()

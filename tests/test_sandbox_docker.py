@@ -256,3 +256,40 @@ def test_rm_rf_root_stays_inside(default_image: str, repo_dir: Path) -> None:
         assert sb.exec("ls /bin/sh").exit_code != 0  # it really ran, inside
     assert (repo_dir / "README.md").read_text() == "# demo\n"
     assert Path("/etc/passwd").exists() and Path("/bin/sh").exists()
+
+
+def test_llm_policy_reaches_only_the_model_port(default_image: str, host_listener: int) -> None:
+    """A model server on the host's 127.0.0.1 is reachable through the relay; nothing else is."""
+    model = socket.socket()
+    model.bind(("127.0.0.1", 0))
+    model.listen(4)
+    model.settimeout(0.2)
+    port = model.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = model.accept()
+            except OSError:
+                continue
+            conn.sendall(b"MODEL\n")
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        spec = SandboxSpec(image=default_image, network=NetworkPolicy.LLM, llm_endpoint=("127.0.0.1", port))
+        with open_sandbox(spec) as sb:
+            assert sb.llm_address is not None
+            gw, relay_port = sb.llm_address
+            ok = sb.exec(f"{CONNECT} {gw} {relay_port}", timeout=20)
+            assert ok.stdout.strip() == "MODEL", ok
+            other = sb.exec(f"{CONNECT} {gw} {host_listener}", timeout=20)
+            assert "HELLO" not in other.stdout and other.exit_code != 0
+            egress = sb.exec(f"{CONNECT} {_host_gateway_ip()} {host_listener}", timeout=20)
+            assert egress.exit_code != 0
+    finally:
+        stop.set()
+        t.join()
+        model.close()

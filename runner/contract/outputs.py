@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, TypeGuard
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from runner.errors import ContractError
 
@@ -87,7 +87,7 @@ def _is_finite_number(value: object) -> TypeGuard[int | float]:
 def _first_error(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors(include_url=False)[0]
     field = ".".join(str(p) for p in err["loc"])
-    return field, str(err["msg"])
+    return field, str(err["msg"]).removeprefix("Value error, ")
 
 
 # --- runtime_env.json ------------------------------------------------------------------
@@ -163,11 +163,17 @@ class RolloutCounts(BaseModel):
     """Samples judged correct (optional)."""
 
 
+def _nonblank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty path")
+    return value.strip()
+
+
 class RolloutPaths(BaseModel):
     """Where the rollout put its files."""
 
     model_config = _LENIENT
-    samples_jsonl: Annotated[str, Field(min_length=1, pattern=r"\S")]
+    samples_jsonl: Annotated[str, AfterValidator(_nonblank)]
     """Samples JSONL path, relative to the repository root (or absolute in the sandbox)."""
 
 
@@ -311,7 +317,7 @@ def validate_rollout(
             file=rollout_json_path,
             field="counts",
         )
-    samples = _samples_location(repo_root, manifest.paths.samples_jsonl.strip(), workspace)
+    samples = _samples_location(repo_root, manifest.paths.samples_jsonl, workspace)
     if samples is None:
         raise ContractError(
             "samples_jsonl_outside_repo: paths.samples_jsonl must point inside the repository",

@@ -1,0 +1,437 @@
+"""The run directory: run ids, layout, writers and secret redaction.
+
+Only this module writes into ``<repo>/.aider_fsm/artifacts/<run_id>/``, so one place
+decides what a file may contain: every text passes :meth:`RunDir.redact` first, long
+texts are capped with a visible marker (never silently), and writes are atomic (temp
+file + rename) so a reader such as ``fsm-runner runs`` never sees half a file.
+
+Run ids carry a random suffix and are claimed with ``mkdir(exist_ok=False)``: the
+predecessor's one-second ids let two sessions on one repo share a directory
+(notes/predecessor.md 14.3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePath, PurePosixPath
+
+MAX_TEXT_CHARS = 2_000_000
+"""Cap of every text file, as in the predecessor; the excess is cut out of the middle."""
+MAX_EVENT_FIELD_CHARS = 4_000
+"""Cap of one string field in events.jsonl: full texts belong in files, not in the log."""
+MIN_SECRET_LEN = 4
+REDACTED = "***"
+EVENTS_FILE = "events.jsonl"
+RUN_ID_RE = re.compile(r"^(\d{8}_\d{6})(?:_[0-9a-f]{6})?$")
+"""Our ids (``YYYYmmdd_HHMMSS_<6 hex>``) and the predecessor's (no suffix)."""
+
+_CREATE_ATTEMPTS = 64
+_SECRET_KEY_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "PWD")
+# The shell's working directories match "PWD" but are paths, and masking a path would
+# mangle every log line that mentions it.
+_NOT_SECRET_KEYS = frozenset({"PWD", "OLDPWD"})
+# Values that keys like OPENAI_API_KEY=EMPTY (vLLM) or TOKENIZERS_PARALLELISM=false carry:
+# masking them everywhere would garble logs ("localhost" -> "***host") and hide nothing.
+_PLACEHOLDERS = frozenset(
+    {"none", "null", "true", "false", "local", "dummy", "empty", "unset"}
+    | {"disabled", "enabled", "auto"}
+)
+_NUMERIC_RE = re.compile(r"[\d.]+")
+_TOKEN_PREFIXES = r"(?:sk-|hf_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-|xox[abprs]-)"
+_TOKEN_VALUE_RE = re.compile(rf"(?:Bearer\s+)?({_TOKEN_PREFIXES}[A-Za-z0-9_\-]{{8,}})")
+# Well-known token shapes are masked even when nobody registered them (a key read from a
+# .env inside the sandbox, say). Long minimum lengths keep "sk-learn" and "hf_hub" intact.
+_TOKEN_TEXT = (
+    r"\b(?:sk-[A-Za-z0-9_\-]{20,}|hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|github_pat_[A-Za-z0-9_]{30,})"
+)
+_TOKEN_TEXT_RE = re.compile(_TOKEN_TEXT)
+_TOKEN_BYTES_RE = re.compile(_TOKEN_TEXT.encode())
+_STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """One executed (or refused) command as the run dir records it."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_s: float
+    oom_killed: bool = False
+    truncated: bool = False
+    blocked_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run dir as ``fsm-runner runs`` lists it."""
+
+    run_id: str
+    path: Path
+    started_at: datetime
+    """From the run id (UTC)."""
+    status: str
+    """The last transition's target state, else the last event's kind, else "no events"."""
+    ok: bool | None
+    """``ok`` of the last rollout_end/evaluation_end event; None when there is none."""
+    events: int
+    """Parseable lines in events.jsonl (partial or corrupt lines are skipped)."""
+    last_ts: str | None = None
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``YYYYmmdd_HHMMSS_<6 hex>`` in UTC: sortable by time, unique by its suffix."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
+    return f"{stamp}_{secrets.token_hex(3)}"
+
+
+def cap_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """Keep the head and the tail (where tracebacks are) and say how much was cut."""
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    cut = len(text) - limit
+    return f"{text[:head]}\n[truncated {cut} chars]\n{text[len(text) - (limit - head) :]}"
+
+
+def _relative_parts(rel: str | Path) -> PurePosixPath:
+    """Validate a path inside the run dir.
+
+    Raises:
+        ValueError: the path is empty, absolute, or contains ``..``.
+    """
+    p = PurePosixPath(Path(rel).as_posix())
+    if p.is_absolute() or not p.parts or ".." in p.parts:
+        raise ValueError(f"run dir paths must be relative without '..': {str(rel)!r}")
+    return p
+
+
+class RunDir:
+    """One run's directory and the only writer into it; safe to share between threads."""
+
+    def __init__(self, run_id: str, path: Path) -> None:
+        self.run_id = run_id
+        self.path = path
+        self._lock = threading.RLock()
+        self._secrets: set[str] = set()
+        self._text_re: re.Pattern[str] | None = None
+        self._bytes_re: re.Pattern[bytes] | None = None
+
+    @classmethod
+    def create(cls, repo_root: Path, *, base: Path | None = None) -> RunDir:
+        """Claim a fresh run dir under ``base`` (default ``<repo>/.aider_fsm/artifacts``).
+
+        Raises:
+            FileExistsError: no free run id after many attempts (a clock or RNG bug).
+            OSError: the base directory cannot be created.
+        """
+        root = (base if base is not None else repo_root / ".aider_fsm" / "artifacts").resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(_CREATE_ATTEMPTS):
+            run_id = new_run_id()
+            try:
+                (root / run_id).mkdir(exist_ok=False)
+            except FileExistsError:
+                continue
+            return cls(run_id, root / run_id)
+        raise FileExistsError(f"no free run id under {root} after {_CREATE_ATTEMPTS} attempts")
+
+    # -- secrets -----------------------------------------------------------------------
+
+    def add_secret(self, value: str) -> None:
+        """Mask ``value`` in everything written from now on (short and placeholder values are ignored)."""
+        core = value.strip()
+        if (
+            len(core) < MIN_SECRET_LEN
+            or core.lower() in _PLACEHOLDERS
+            or _NUMERIC_RE.fullmatch(core)
+        ):
+            return
+        # The JSON-escaped form is what a secret containing quotes or backslashes looks
+        # like inside a serialised object.
+        variants = {value, core, json.dumps(core, ensure_ascii=False)[1:-1]}
+        with self._lock:
+            self._secrets.update(v for v in variants if len(v) >= MIN_SECRET_LEN)
+            self._text_re = self._bytes_re = None
+
+    def add_secrets_from_env(self, env: Mapping[str, str]) -> None:
+        """Register values of secret-looking keys (the predecessor's list) and token-shaped values."""
+        for key, value in env.items():
+            upper = key.upper()
+            if upper not in _NOT_SECRET_KEYS and any(part in upper for part in _SECRET_KEY_PARTS):
+                self.add_secret(value)
+            token = _TOKEN_VALUE_RE.fullmatch(value.strip())
+            if token:
+                self.add_secret(value)
+                self.add_secret(token.group(1))
+
+    def _patterns(self) -> tuple[re.Pattern[str] | None, re.Pattern[bytes] | None]:
+        with self._lock:
+            if self._text_re is None and self._secrets:
+                # Longest first: a secret that is a prefix of another must not leave a tail.
+                ordered = sorted(self._secrets, key=len, reverse=True)
+                self._text_re = re.compile("|".join(re.escape(s) for s in ordered))
+                self._bytes_re = re.compile(b"|".join(re.escape(s.encode()) for s in ordered))
+            return self._text_re, self._bytes_re
+
+    def redact(self, text: str) -> str:
+        """Every registered secret and every well-known token shape becomes ``***``."""
+        text_re, _ = self._patterns()
+        if text_re is not None:
+            text = text_re.sub(REDACTED, text)
+        return _TOKEN_TEXT_RE.sub(REDACTED, text)
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        """:meth:`redact` for raw bytes (secrets matched in their UTF-8 form)."""
+        _, bytes_re = self._patterns()
+        if bytes_re is not None:
+            data = bytes_re.sub(REDACTED.encode(), data)
+        return _TOKEN_BYTES_RE.sub(REDACTED.encode(), data)
+
+    def _redact_obj(self, obj: object) -> object:
+        if isinstance(obj, str):
+            return self.redact(obj)
+        if isinstance(obj, Mapping):
+            return {
+                (self.redact(k) if isinstance(k, str) else k): self._redact_obj(v)
+                for k, v in obj.items()
+            }
+        if isinstance(obj, list | tuple | set | frozenset):
+            return [self._redact_obj(v) for v in obj]
+        return obj
+
+    # -- paths and writers -----------------------------------------------------------
+
+    def _dir(self, rel: str | PurePath) -> Path:
+        """``mkdir -p`` a directory given relative to the run dir (or absolute inside it).
+
+        Raises:
+            ValueError: the path leaves the run dir (absolute elsewhere, ``..``, symlinks).
+        """
+        p = Path(rel)
+        if p.is_absolute():
+            try:
+                p = p.relative_to(self.path)
+            except ValueError:
+                raise ValueError(f"{p} is not inside the run dir {self.path}") from None
+        target = self.path / _relative_parts(p) if p.parts else self.path
+        target.mkdir(parents=True, exist_ok=True)
+        if not target.resolve().is_relative_to(self.path.resolve()):
+            raise ValueError(f"{target} resolves outside the run dir {self.path}")
+        return target
+
+    def _target(self, rel: str | Path) -> Path:
+        """A file path inside the run dir, its parent created.
+
+        Raises:
+            ValueError: as :meth:`_dir`, or the path names the run dir itself.
+        """
+        p = Path(rel)
+        if not p.parts or p == self.path:
+            raise ValueError("a file name is needed")
+        return self._dir(p.parent) / p.name
+
+    def subdir(self, *parts: str) -> Path:
+        """``mkdir -p`` a directory inside the run dir and return it.
+
+        Raises:
+            ValueError: a part is empty or absolute, or contains ``..``.
+        """
+        rel = PurePosixPath()
+        for part in parts:
+            rel = rel / _relative_parts(part)
+        return self._dir(rel)
+
+    def _put(self, target: Path, data: bytes) -> None:
+        # os.replace swaps the name atomically and replaces a planted symlink instead of
+        # writing through it.
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _text_bytes(self, text: str) -> bytes:
+        # Redact before capping: a cut through a secret would leave part of it readable.
+        return cap_text(self.redact(text)).encode("utf-8", errors="backslashreplace")
+
+    def write_text(self, rel: str | Path, text: str) -> Path:
+        """Write a redacted text, capped at MAX_TEXT_CHARS with a ``[truncated N chars]`` marker."""
+        target = self._target(rel)
+        self._put(target, self._text_bytes(text))
+        return target
+
+    def write_bytes(self, rel: str | Path, data: bytes) -> Path:
+        """Write raw bytes (a mirrored output file), redacted but not capped."""
+        target = self._target(rel)
+        self._put(target, self.redact_bytes(data))
+        return target
+
+    def _json_bytes(self, obj: object) -> bytes:
+        text = json.dumps(self._redact_obj(obj), indent=2, ensure_ascii=False, default=str)
+        return (self.redact(text) + "\n").encode("utf-8", errors="backslashreplace")
+
+    def write_json(self, rel: str | Path, obj: object) -> Path:
+        """Write ``obj`` as indented JSON (key order kept), redacted; objects fall back to ``str``."""
+        target = self._target(rel)
+        self._put(target, self._json_bytes(obj))
+        return target
+
+    def scrub_tree(self, root: Path) -> int:
+        """Redact every regular file under ``root`` in place (files pulled from the sandbox).
+
+        Returns the number of files changed. Symlinks are neither followed nor rewritten.
+
+        Raises:
+            ValueError: ``root`` is not inside the run dir.
+        """
+        start = self._dir(root)
+        changed = 0
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                path = Path(dirpath) / name
+                if path.is_symlink() or not path.is_file():
+                    continue
+                data = path.read_bytes()
+                clean = self.redact_bytes(data)
+                if clean != data:
+                    self._put(path, clean)
+                    changed += 1
+        return changed
+
+    def event(self, kind: str, **fields: object) -> None:
+        """Append one redacted JSON line to events.jsonl (one ``write`` call, under a lock).
+
+        Raises:
+            ValueError: a field is named ``ts`` (the timestamp is the runner's).
+        """
+        if "ts" in fields:
+            raise ValueError("event field 'ts' is reserved")
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record = {"ts": ts, "kind": kind, **fields}
+        short = {
+            k: cap_text(v, MAX_EVENT_FIELD_CHARS) if isinstance(v, str) else v
+            for k, v in record.items()
+        }
+        line = self.redact(json.dumps(self._redact_obj(short), ensure_ascii=False, default=str))
+        data = (line + "\n").encode("utf-8", errors="backslashreplace")
+        with self._lock:
+            # O_APPEND with a single write keeps lines whole even if another process appends.
+            fd = os.open(self.path / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+
+    # -- the predecessor's per-command layout ----------------------------------------
+
+    def record_command(
+        self, dir: Path, stage: str, index: int, attempt: int, cmd: str, result: CommandRecord
+    ) -> None:
+        """Write ``<stage>_cmdCC_tryTT_{cmd,stdout,stderr}.txt`` + ``_result.json`` and the last-command copies.
+
+        Also appends a ``command`` event, so events.jsonl alone lists what ran.
+
+        Raises:
+            ValueError: ``dir`` is outside the run dir, ``stage`` is not a plain name, or
+                ``index``/``attempt`` is negative.
+        """
+        if not _STAGE_RE.fullmatch(stage):
+            raise ValueError(f"stage name {stage!r} cannot be used in a file name")
+        if index < 0 or attempt < 0:
+            raise ValueError(f"index and attempt count from 0, got {index}, {attempt}")
+        base = self._dir(dir)
+        stem = f"{stage}_cmd{index + 1:02d}_try{attempt + 1:02d}"
+        outcome = {
+            "rc": result.exit_code,
+            "timed_out": result.timed_out,
+            "duration_s": round(result.duration_s, 3),
+            "oom_killed": result.oom_killed,
+            "truncated": result.truncated,
+            "blocked_reason": result.blocked_reason,
+        }
+        texts = {"cmd.txt": cmd, "stdout.txt": result.stdout, "stderr.txt": result.stderr}
+        files = {suffix: self._text_bytes(text) for suffix, text in texts.items()}
+        files["result.json"] = self._json_bytes(outcome)
+        for suffix, data in files.items():
+            self._put(base / f"{stem}_{suffix}", data)
+            self._put(base / f"{stage}_{suffix}", data)
+        where = base.relative_to(self.path).as_posix()
+        self.event(
+            "command", stage=stage, index=index, attempt=attempt, cmd=cmd, dir=where, **outcome
+        )
+
+    def write_stage_summary(
+        self, dir: Path, stage: str, *, ok: bool, failed_index: int | None, total_results: int
+    ) -> Path:
+        """Write ``<stage>_summary.json`` ``{ok, failed_index, total_results}``.
+
+        Raises:
+            ValueError: ``dir`` is outside the run dir or ``stage`` is not a plain name.
+        """
+        if not _STAGE_RE.fullmatch(stage):
+            raise ValueError(f"stage name {stage!r} cannot be used in a file name")
+        summary = {"ok": ok, "failed_index": failed_index, "total_results": total_results}
+        return self.write_json(Path(dir) / f"{stage}_summary.json", summary)
+
+
+def _read_events(path: Path) -> tuple[int, dict[str, object] | None, bool | None]:
+    """Count parseable lines; return the last one and the last rollout/evaluation ``ok``."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return 0, None, None
+    count, last, ok = 0, None, None
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a partial line from a crash, or a corrupt one
+        if not isinstance(rec, dict):
+            continue
+        count, last = count + 1, rec
+        if rec.get("kind") in ("rollout_end", "evaluation_end") and isinstance(rec.get("ok"), bool):
+            ok = rec["ok"]
+    return count, last, ok
+
+
+def list_runs(repo_root: Path, base: Path | None = None) -> list[RunInfo]:
+    """Run dirs under ``base`` (default ``<repo>/.aider_fsm/artifacts``), newest first."""
+    root = base if base is not None else repo_root / ".aider_fsm" / "artifacts"
+    if not root.is_dir():
+        return []
+    found: list[tuple[tuple[str, float], RunInfo]] = []
+    for path in root.iterdir():
+        match = RUN_ID_RE.fullmatch(path.name)
+        if not match or not path.is_dir():
+            continue
+        started = datetime.strptime(match.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+        events = path / EVENTS_FILE
+        count, last, ok = _read_events(events)
+        if last is None:
+            status = "no events"
+        elif last.get("kind") == "transition" and last.get("to_state"):
+            status = str(last["to_state"])
+        else:
+            status = str(last.get("kind", "unknown"))
+        ts = last.get("ts") if last else None
+        info = RunInfo(
+            path.name, path, started, status, ok, count, ts if isinstance(ts, str) else None
+        )
+        mtime = (events if events.exists() else path).stat().st_mtime
+        found.append(((match.group(1), mtime), info))
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [info for _, info in found]

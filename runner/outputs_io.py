@@ -1,0 +1,95 @@
+"""Moving contract outputs between the sandbox and the host, safely and freshly.
+
+Outputs (``.aider_fsm/runtime_env.json``, ``rollout.json``, ``metrics.json``,
+``hints_*.json``) are removed inside the sandbox before the stage that writes them, so a
+stale file can never pass. Afterwards they are read through the sandbox (links are never
+followed, sizes are capped) and written to the host's ``.aider_fsm/`` without following
+any link planted there: the host repo is written nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path, PurePosixPath
+
+from runner.errors import ContractError
+from sandbox import Sandbox
+
+AIDER_DIR = ".aider_fsm"
+MAX_JSON_OUTPUT = 16 * 1024 * 1024
+"""Largest JSON output we read back (rollout.json, metrics.json, ...)."""
+
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "deploy_setup": (f"{AIDER_DIR}/runtime_env.json",),
+    "rollout": (f"{AIDER_DIR}/rollout.json",),
+    "evaluation": (f"{AIDER_DIR}/hints_used.json", f"{AIDER_DIR}/hints_run.json"),
+}
+"""Fixed output files each stage must write afresh (metrics paths come from the pipeline)."""
+
+
+def clear_in_sandbox(sandbox: Sandbox, rel_paths: tuple[str, ...]) -> None:
+    """Remove old outputs inside the sandbox so only this run's files can pass."""
+    if not rel_paths:
+        return
+    quoted = " ".join(shlex.quote(p) for p in rel_paths)
+    sandbox.exec(f"rm -f -- {quoted}", timeout=30)
+
+
+def read_output(sandbox: Sandbox, rel_path: str, limit: int = MAX_JSON_OUTPUT) -> bytes | None:
+    """The output's bytes, or None when it does not exist (or is a link, never followed)."""
+    try:
+        return sandbox.read_file(rel_path, limit=limit)
+    except FileNotFoundError:
+        return None
+
+
+def to_sandbox_rel(raw: str, workspace: str) -> str | None:
+    """A path a stage reported (relative, or absolute under the workspace) as workspace-relative."""
+    path = PurePosixPath(raw)
+    if path.is_absolute():
+        try:
+            path = path.relative_to(workspace)
+        except ValueError:
+            return None
+    parts = [p for p in path.parts if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
+
+
+def write_host_output(repo_root: Path, rel_path: str, data: bytes | None) -> Path | None:
+    """Mirror an output into the host repo's ``.aider_fsm/`` (or delete a stale copy when None).
+
+    Raises:
+        ContractError: the path is not under ``.aider_fsm/`` or ``.aider_fsm`` is a link.
+    """
+    target = _host_output_path(repo_root, rel_path)
+    if target is None:
+        return None
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    if data is None:
+        return None
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return target
+
+
+def _host_output_path(repo_root: Path, rel_path: str) -> Path | None:
+    parts = PurePosixPath(rel_path).parts
+    if len(parts) < 2 or parts[0] != AIDER_DIR or ".." in parts:
+        return None  # outputs outside .aider_fsm/ stay in the run dir only
+    aider = repo_root / AIDER_DIR
+    if aider.is_symlink():
+        raise ContractError(f"{AIDER_DIR} is a symbolic link; refusing to write outputs through it",
+                            file=aider)
+    current = aider
+    for part in parts[1:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise ContractError("output folder is a symbolic link; refusing to write through it",
+                                file=current)
+    current.mkdir(parents=True, exist_ok=True)
+    return current / parts[-1]

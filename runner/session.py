@@ -1,0 +1,554 @@
+"""EnvSession: the state machine that runs a contract's stages in one sandbox.
+
+One sandbox per session: bootstrap runs once, deploy's services keep running between
+``rollout()`` and ``evaluate()``, and ``evaluate()`` ends with teardown and closes the
+sandbox. Every transition and stage is appended to ``events.jsonl`` in the run dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runner.artifacts import RunDir
+from runner.contract import BootstrapSpec, PipelineSpec, absolutize_env_paths, expand_env
+from runner.contract import validate_metrics as _validate_metrics
+from runner.contract import validate_rollout as _validate_rollout
+from runner.errors import ContractError, RunnerError
+from runner.errors import SandboxError as RunnerSandboxError
+from runner.llm import LlmChoice, llm_stage_env, normalise_base_url, parse_llm, sandbox_endpoint
+from runner.outputs_io import STAGE_OUTPUTS, clear_in_sandbox, read_output, to_sandbox_rel, write_host_output
+from runner.policy import CommandPolicy, PolicyConfig
+from runner.results import EvaluationResult, RolloutResult, VerificationResult
+from runner.stage_env import base_stage_env, limit_override
+from runner.stages import StagePlan, StageResult, plan_stage, run_stage
+from runner.states import State, check_transition
+from runner.targets import TargetRepo
+from sandbox import Limits, NetworkPolicy, Sandbox, SandboxSpec, open_sandbox
+from sandbox.errors import SandboxError as SandboxLayerError
+
+log = logging.getLogger("fsm_runner")
+
+Progress = Callable[[str], None]
+DEFAULT_METRICS_PATH = ".aider_fsm/metrics.json"
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How a session runs; set once by ``setup()`` and never mutated."""
+
+    backend: Literal["docker", "local"] = "docker"
+    image: str | None = None
+    workspace_mode: Literal["copy", "bind"] = "copy"
+    limits: Limits = field(default_factory=Limits)
+    network_cap: NetworkPolicy | None = None
+    require_metrics: bool = True
+    audit: Literal["on", "off", "warn-only"] = "on"
+    unattended: Literal["strict", "guided"] = "strict"
+    progress: Progress | None = None
+
+
+@dataclass
+class _Pass:
+    """One pass through some stages: its host record dir and in-sandbox artifacts dir."""
+
+    name: str
+    host_dir: Path
+    sandbox_dir: str
+    verify: VerificationResult = field(default_factory=VerificationResult)
+
+
+class EnvSession:
+    """A target repo opened as an environment: ``rollout()``, then ``evaluate()``."""
+
+    def __init__(
+        self,
+        *,
+        repo: TargetRepo,
+        pipeline: PipelineSpec,
+        pipeline_path: Path,
+        bootstrap: BootstrapSpec | None,
+        run_dir: RunDir,
+        options: SessionOptions,
+    ) -> None:
+        self.repo = repo
+        self.pipeline = pipeline
+        self.pipeline_path = pipeline_path
+        self.bootstrap_spec = bootstrap
+        self.run_dir = run_dir
+        self.run_id = run_dir.run_id
+        self.options = options
+        self.state = State.NEW
+        self.llm: LlmChoice | None = None
+        self._sandbox: Sandbox | None = None
+        self._bootstrap_env: dict[str, str] | None = None
+        self._deployed = False
+        self._rolled_out = False
+        self._attempts: dict[str, int] = {}
+        security = pipeline.security
+        self._policy = CommandPolicy(
+            PolicyConfig(
+                mode=security.mode if security else "safe",
+                allowlist=tuple(security.allowlist) if security else (),
+                denylist=tuple(security.denylist) if security else (),
+                unattended=options.unattended,
+            )
+        )
+        self._finalizer = weakref.finalize(self, _close_quietly, self.__dict__)
+        self.run_dir.event("session_created", repo=str(repo.path), source=repo.source,
+                           commit=repo.commit, state=self.state.value)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def repo_root(self) -> Path:
+        return self.repo.path
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.run_dir.path
+
+    def __enter__(self) -> EnvSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Tear down a running deploy (per policy) and remove the sandbox. Idempotent."""
+        if self.state == State.CLOSED:
+            return
+        try:
+            if self._deployed and self._sandbox is not None:
+                self._teardown(self._new_pass("final_teardown"), success=True)
+        finally:
+            if self._sandbox is not None:
+                self._sandbox.close()
+                self._sandbox = None
+            self._transition(State.CLOSED)
+
+    def _transition(self, target: State, **why: object) -> None:
+        if target == self.state:
+            return
+        check_transition(self.state, target)
+        self.run_dir.event("transition", from_state=self.state.value, to_state=target.value, **why)
+        self.state = target
+
+    def _say(self, msg: str) -> None:
+        log.info(msg)
+        if self.options.progress:
+            self.options.progress(msg)
+
+    # -- sandbox ---------------------------------------------------------------------
+
+    def _open_sandbox(self, endpoint: tuple[str, int] | None) -> Sandbox:
+        if self._sandbox is not None:
+            return self._sandbox
+        sec = self.pipeline.security
+        base = self.options.limits
+        limits = dataclasses.replace(
+            base,
+            memory=(sec.memory if sec and sec.memory else base.memory),
+            cpus=(min(sec.cpus, base.cpus) if sec and sec.cpus else base.cpus),
+            pids=(min(sec.pids, base.pids) if sec and sec.pids else base.pids),
+        )
+        spec = SandboxSpec(
+            workspace_src=self.repo.path,
+            workspace_mode=self.options.workspace_mode,
+            image=self.options.image,
+            backend=self.options.backend,
+            llm_endpoint=endpoint,
+            limits=limits,
+            labels={"fsm-runner.run-id": self.run_id},
+        )
+        self._say(f"opening {self.options.backend} sandbox for {self.repo.path}")
+        try:
+            self._sandbox = open_sandbox(spec, progress=self._say)
+        except SandboxLayerError as exc:
+            raise RunnerSandboxError(str(exc)) from exc
+        self.run_dir.write_json("sandbox.json", {**self._sandbox.describe(), "stages": {}})
+        self.run_dir.event("sandbox_opened", **self._sandbox.describe())
+        return self._sandbox
+
+    def _record_stage_network(self, stage: str, network: str) -> None:
+        path = self.run_dir.path / "sandbox.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data.setdefault("stages", {})[stage] = {"network": network}
+        self.run_dir.write_json("sandbox.json", data)
+
+    # -- passes and stages -------------------------------------------------------------
+
+    def _new_pass(self, kind: str) -> _Pass:
+        n = self._attempts.get(kind, 0) + 1
+        self._attempts[kind] = n
+        name = f"{kind}_attempt_{n:02d}" if not kind.startswith("final") else kind
+        host_dir = self.run_dir.subdir("env_api", name)
+        ws = self._sandbox.workspace if self._sandbox else "/workspace"
+        return _Pass(name, host_dir, f"{ws}/.aider_fsm/artifacts/{self.run_id}/{name}")
+
+    def _llm_env(self, sb: Sandbox, overrides: Mapping[str, str]) -> dict[str, str]:
+        if self.llm is None:
+            return {}
+        raw_base = overrides.get("OPENAI_API_BASE") or overrides.get("OPENAI_BASE_URL") or \
+            os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL")
+        base_in_sandbox: str | None = None
+        if raw_base:
+            base_in_sandbox = normalise_base_url(raw_base)
+            if sb.llm_address is not None:
+                host, port = sb.llm_address
+                rewritten, _ = sandbox_endpoint(raw_base, gateway_host=host)
+                base_in_sandbox = _with_port(rewritten, port)
+        api_key = overrides.get("OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if api_key:
+            self.run_dir.add_secret(api_key)
+        model_dir = "/model" if self.llm.kind == "local_hf" else None
+        return llm_stage_env(self.llm, base_url_in_sandbox=base_in_sandbox, api_key=api_key,
+                             model_dir_in_sandbox=model_dir)
+
+    def _run(self, name: str, p: _Pass, mode: str, overrides: Mapping[str, str]) -> StageResult | None:
+        spec = self.pipeline.stage(name)  # type: ignore[arg-type]
+        if spec is None:
+            return None
+        sb = self._require_sandbox()
+        env = base_stage_env(stage=name, workspace=sb.workspace, run_id=self.run_id,
+                             artifacts_dir=p.sandbox_dir, mode=mode,
+                             bootstrap_env=self._bootstrap_env or {}, llm_env=self._llm_env(sb, overrides))
+        sec = self.pipeline.security
+        max_cmd = limit_override("AIDER_FSM_MAX_CMD_SECONDS", overrides, spec.env) or (sec.max_cmd_seconds if sec else None)
+        max_total = limit_override("AIDER_FSM_MAX_TOTAL_SECONDS", overrides, spec.env) or (sec.max_total_seconds if sec else None)
+        plan = plan_stage(spec, env=env, workspace=sb.workspace, max_cmd_seconds=max_cmd,
+                          max_total_seconds=max_total,
+                          network_caps=(_net(sec.network if sec else None), self.options.network_cap))
+        plan = dataclasses.replace(plan, env={**plan.env, **overrides, "AIDER_FSM_STAGE": name})
+        if sb.llm_address is None and plan.network == NetworkPolicy.LLM:
+            plan = dataclasses.replace(plan, network=NetworkPolicy.NONE)  # no endpoint: nothing to reach
+        for rel in STAGE_OUTPUTS.get(name, ()):
+            clear_in_sandbox(sb, (rel,))
+        self._record_stage_network(name, plan.network.value)
+        self._say(f"stage {name} ({len(plan.cmds)} command(s), network={plan.network.value})")
+        result = self._exec_stage(sb, plan, p)
+        setattr(p.verify, name, result)
+        if not result.ok:
+            p.verify.fail(name)
+        return result
+
+    def _exec_stage(self, sb: Sandbox, plan: StagePlan, p: _Pass) -> StageResult:
+        sb.exec(f"mkdir -p '{p.sandbox_dir}'", timeout=30)
+        try:
+            return run_stage(sb, plan, policy=self._policy, run_dir=self.run_dir, record_dir=p.host_dir,
+                             progress=self._say)
+        except SandboxLayerError as exc:
+            raise RunnerSandboxError(f"stage {plan.name}: {exc}") from exc
+
+    def _require_sandbox(self) -> Sandbox:
+        if self._sandbox is None:
+            raise RunnerError("sandbox is not open")
+        return self._sandbox
+
+    def _bootstrap(self, mode: str) -> StageResult | None:
+        """Run bootstrap.yml once per session; its expanded env reaches every later stage."""
+        if self._bootstrap_env is not None:
+            return None
+        sb = self._require_sandbox()
+        spec = self.bootstrap_spec
+        bdir = self.run_dir.subdir("env_api", "bootstrap")
+        if spec is None:
+            self._bootstrap_env = {}
+            self._transition(State.BOOTSTRAPPED, bootstrap="absent")
+            return None
+        seed = {"AIDER_FSM_REPO_ROOT": sb.workspace}
+        applied = absolutize_env_paths(expand_env(spec.env, seed), sb.workspace)
+        self.run_dir.write_text("env_api/bootstrap/bootstrap.yml",
+                                (self.repo.path / ".aider_fsm" / "bootstrap.yml").read_text(errors="replace"))
+        self.run_dir.write_json("env_api/bootstrap/bootstrap_env.json", applied)
+        if spec.warnings:
+            self.run_dir.write_json("env_api/bootstrap/bootstrap_parse_warnings.json", list(spec.warnings))
+        sec = self.pipeline.security
+        timeouts = [t for t in (spec.timeout_seconds, sec.max_cmd_seconds if sec else None,
+                                limit_override("AIDER_FSM_MAX_CMD_SECONDS")) if t]
+        env = base_stage_env(stage="bootstrap", workspace=sb.workspace, run_id=self.run_id,
+                             artifacts_dir=f"{sb.workspace}/.aider_fsm/artifacts/{self.run_id}/bootstrap",
+                             mode=mode, bootstrap_env=applied, llm_env={})
+        from runner.stages import DEFAULT_STAGE_NETWORK, cap_network
+
+        plan = StagePlan(
+            name="bootstrap", cmds=tuple(spec.cmds), env=env,
+            cwd=f"{sb.workspace}/{spec.workdir}" if spec.workdir else sb.workspace,
+            cmd_timeout=float(min(timeouts)) if timeouts else None, retries=spec.retries,
+            network=cap_network(DEFAULT_STAGE_NETWORK["bootstrap"], _net(sec.network if sec else None),
+                                self.options.network_cap),
+        )
+        self._record_stage_network("bootstrap", plan.network.value)
+        self._say(f"bootstrap ({len(plan.cmds)} command(s), network={plan.network.value})")
+        result = self._exec_stage(sb, plan, _Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"]))
+        if result.ok:
+            self._bootstrap_env = applied
+            self._transition(State.BOOTSTRAPPED)
+        return result
+
+    def _teardown(self, p: _Pass, *, success: bool) -> None:
+        deploy = self.pipeline.deploy
+        policy = deploy.teardown_policy if deploy else "always"
+        wanted = policy == "always" or (policy == "on_success" and success) or (policy == "on_failure" and not success)
+        if wanted and self._sandbox is not None:
+            with contextlib.suppress(RunnerError):
+                self._run("deploy_teardown", p, "smoke", {})
+        self._deployed = False
+
+    # -- the deploy / rollout / evaluation flow -----------------------------------------
+
+    def _start(self, llm: str | Path | None, overrides: Mapping[str, str]) -> None:
+        if self.state == State.CLOSED:
+            raise RunnerError("session is closed; call runner_env.setup() again")
+        if llm is not None:
+            self.llm = parse_llm(llm)
+        endpoint = self._endpoint(overrides)
+        self._open_sandbox(endpoint)
+
+    def _endpoint(self, overrides: Mapping[str, str]) -> tuple[str, int] | None:
+        raw = overrides.get("OPENAI_API_BASE") or overrides.get("OPENAI_BASE_URL") or \
+            os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL")
+        if not raw or self.llm is None:
+            return None
+        _, endpoint = sandbox_endpoint(raw, gateway_host="0.0.0.0")
+        return endpoint
+
+    def _deploy(self, p: _Pass, mode: str, overrides: Mapping[str, str]) -> bool:
+        """bootstrap -> auth -> tests -> deploy.setup -> deploy.health; False at the first failure."""
+        boot = self._bootstrap(mode)
+        if boot is not None:
+            p.verify.bootstrap = boot
+            if not boot.ok:
+                p.verify.fail("bootstrap")
+                return False
+        for name in ("auth", "tests", "deploy_setup", "deploy_health"):
+            res = self._run(name, p, mode, overrides)
+            if res is not None and not res.ok:
+                return False
+        self._deployed = True
+        self._transition(State.DEPLOYED)
+        self._sync_output(".aider_fsm/runtime_env.json", p)
+        return True
+
+    def _sync_output(self, rel: str, p: _Pass) -> tuple[Path | None, Path | None]:
+        """Read an output from the sandbox into the pass's mirror and the host's .aider_fsm/."""
+        sb = self._require_sandbox()
+        data = read_output(sb, rel)
+        mirror = p.host_dir / "outputs" / rel
+        if data is not None:
+            self.run_dir.write_bytes(mirror.relative_to(self.run_dir.path), data)
+        host = write_host_output(self.repo.path, rel, data)
+        return (mirror if data is not None else None), host
+
+    def rollout(
+        self,
+        llm: str | Path,
+        *,
+        mode: str = "smoke",
+        require_samples: bool = False,
+        env_overrides: Mapping[str, str] | None = None,
+        artifacts_dir: Path | None = None,
+        repair_iters: int = 3,
+    ) -> RolloutResult:
+        """Deploy (bootstrap, setup, health), then run the rollout stage and check its samples."""
+        overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
+        self.run_dir.add_secrets_from_env(overrides)
+        self._start(llm, overrides)
+        p = self._new_pass("rollout")
+        self.run_dir.event("rollout_start", mode=mode, require_samples=require_samples,
+                           llm_kind=self.llm.kind if self.llm else None, repair_iters=repair_iters)
+        result = RolloutResult(ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify)
+        if not self._deployed and not self._deploy(p, mode, overrides):
+            return self._fail_rollout(result, p)
+        res = self._run("rollout", p, mode, overrides)
+        mirror, host = self._sync_output(".aider_fsm/rollout.json", p)
+        result.rollout_path = host or mirror
+        if res is not None and not res.ok:
+            return self._fail_rollout(result, p)
+        if require_samples:
+            try:
+                report = self._check_samples(p, mirror)
+            except ContractError as exc:
+                p.verify.fail("rollout")
+                result.reason = str(exc)
+                self.run_dir.write_text(f"env_api/{p.name}/rollout_contract_error.txt", str(exc))
+                return self._fail_rollout(result, p, keep_reason=True)
+            result.samples = report.samples
+        self._pull_stage_files(p)
+        self._rolled_out = True
+        self._transition(State.ROLLED_OUT)
+        result.ok = True
+        self.run_dir.event("rollout_end", ok=True, samples=result.samples)
+        return result
+
+    def _check_samples(self, p: _Pass, rollout_mirror: Path | None) -> Any:
+        if rollout_mirror is None:
+            raise ContractError("missing_rollout_json: the rollout stage did not write .aider_fsm/rollout.json",
+                                file=".aider_fsm/rollout.json")
+        sb = self._require_sandbox()
+        outputs = p.host_dir / "outputs"
+        try:
+            manifest = json.loads(rollout_mirror.read_text())
+            raw = manifest.get("paths", {}).get("samples_jsonl") if isinstance(manifest, dict) else None
+        except (ValueError, AttributeError):
+            raw = None
+        rel = to_sandbox_rel(str(raw), sb.workspace) if isinstance(raw, str) and raw.strip() else None
+        if rel is not None:
+            dest = outputs / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                sb.pull(rel, dest.parent)
+        return _validate_rollout(outputs, rollout_mirror, workspace=sb.workspace)
+
+    def _fail_rollout(self, result: RolloutResult, p: _Pass, *, keep_reason: bool = False) -> RolloutResult:
+        result.ok = False
+        result.failed_stage = p.verify.failed_stage
+        if not keep_reason:
+            stage = getattr(p.verify, p.verify.failed_stage or "", None)
+            result.reason = stage.reason if isinstance(stage, StageResult) else (p.verify.failed_stage or "")
+        self._pull_stage_files(p)
+        if self._deployed:
+            self._teardown(p, success=False)
+        self.run_dir.event("rollout_end", ok=False, failed_stage=result.failed_stage, reason=result.reason)
+        self._transition(State.FAILED, stage=result.failed_stage)
+        return result
+
+    def evaluate(
+        self,
+        llm: str | Path | None = None,
+        *,
+        mode: str = "smoke",
+        env_overrides: Mapping[str, str] | None = None,
+        artifacts_dir: Path | None = None,
+        repair_iters: int = 3,
+    ) -> EvaluationResult:
+        """Run evaluation (after deploy + rollout when this session has not rolled out), check
+        metrics, run the benchmark stage if any, then tear down and close the sandbox."""
+        overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
+        self.run_dir.add_secrets_from_env(overrides)
+        if llm is None and self.llm is None:
+            self.close()
+            raise ValueError("missing_llm: pass llm= to evaluate() or call rollout() first")
+        self._start(llm, overrides)
+        p = self._new_pass("evaluation")
+        result = EvaluationResult(ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify)
+        self.run_dir.event("evaluation_start", mode=mode, fast_path=self._rolled_out)
+        try:
+            ok = self._evaluate_pass(p, mode, overrides, result)
+            result.ok = ok
+            if ok:
+                self._transition(State.EVALUATED)
+            else:
+                result.failed_stage = p.verify.failed_stage
+                if not result.reason:
+                    stage = getattr(p.verify, p.verify.failed_stage or "", None)
+                    result.reason = stage.reason if isinstance(stage, StageResult) else \
+                        "; ".join(p.verify.metrics_errors) or (p.verify.failed_stage or "")
+                self._transition(State.FAILED, stage=result.failed_stage)
+            self.run_dir.event("evaluation_end", ok=result.ok, failed_stage=result.failed_stage,
+                               reason=result.reason, metrics=result.metrics)
+        finally:
+            self._pull_stage_files(p)
+            if self._deployed:
+                self._teardown(self._new_pass("final_teardown"), success=result.ok)
+            self.close()
+        return result
+
+    def _evaluate_pass(self, p: _Pass, mode: str, overrides: Mapping[str, str], result: EvaluationResult) -> bool:
+        if not self._rolled_out:
+            if not self._deployed and not self._deploy(p, mode, overrides):
+                return False
+            roll = self._run("rollout", p, mode, overrides)
+            self._sync_output(".aider_fsm/rollout.json", p)
+            if roll is not None and not roll.ok:
+                return False
+        ev = self.pipeline.evaluation
+        metrics_rel = (ev.metrics_path if ev and ev.metrics_path else DEFAULT_METRICS_PATH)
+        required = list(ev.required_keys) if ev and ev.required_keys else []
+        if self.options.require_metrics and "ok" not in required:
+            required.append("ok")
+        sb = self._require_sandbox()
+        clear_in_sandbox(sb, (metrics_rel,))
+        res = self._run("evaluation", p, mode, overrides)
+        if res is not None and not res.ok:
+            return False
+        metrics = self._collect_metrics(p, metrics_rel, required, "evaluation", result)
+        if metrics is None:
+            return False
+        result.metrics = metrics
+        p.verify.metrics = metrics
+        bench = self.pipeline.benchmark
+        if bench is not None and bench.commands:
+            bench_rel = bench.metrics_path
+            if bench_rel:
+                clear_in_sandbox(sb, (bench_rel,))
+            bres = self._run("benchmark", p, mode, overrides)
+            if bres is not None and not bres.ok:
+                return False
+            if bench_rel and self._collect_metrics(p, bench_rel, list(bench.required_keys or []),
+                                                   "benchmark", result) is None:
+                return False
+        return True
+
+    def _collect_metrics(self, p: _Pass, rel: str, required: list[str], stage: str,
+                         result: EvaluationResult) -> dict[str, Any] | None:
+        mirror, host = self._sync_output(rel, p)
+        if stage == "evaluation":
+            result.metrics_path = host or mirror
+            p.verify.metrics_path = result.metrics_path
+        try:
+            if mirror is None:
+                raise ContractError(f"metrics_file_missing: {rel} was not written by this run's {stage} stage",
+                                    file=rel)
+            return _validate_metrics(mirror, required)
+        except ContractError as exc:
+            p.verify.metrics_errors.append(f"{stage}.{exc.message}")
+            p.verify.fail("metrics")
+            result.reason = str(exc)
+            self.run_dir.write_text(f"env_api/{p.name}/metrics_contract_error.txt", str(exc))
+            return None
+
+    def _pull_stage_files(self, p: _Pass) -> None:
+        """Bring the stage's own artifacts dir back (safe pull), scrubbed of secrets."""
+        if self._sandbox is None:
+            return
+        rel = to_sandbox_rel(p.sandbox_dir, self._sandbox.workspace)
+        if rel is None:
+            return
+        dest = p.host_dir / "stage_files"
+        try:
+            self._sandbox.pull(rel, dest)
+        except FileNotFoundError:
+            return
+        except SandboxLayerError as exc:
+            self.run_dir.event("stage_files_refused", pass_=p.name, reason=str(exc))
+            return
+        self.run_dir.scrub_tree(dest)
+
+
+def _net(value: str | None) -> NetworkPolicy | None:
+    return NetworkPolicy(value) if value else None
+
+
+def _with_port(url: str, port: int) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return urlunsplit((parts.scheme, f"{host}:{port}", parts.path, parts.query, parts.fragment))
+
+
+def _close_quietly(state: dict[str, Any]) -> None:
+    """Finalizer: a forgotten session still removes its sandbox (GC or interpreter exit)."""
+    sb = state.get("_sandbox")
+    if sb is not None:
+        with contextlib.suppress(Exception):
+            sb.close()

@@ -1,0 +1,111 @@
+"""``setup(target)``: resolve the target, load and check its contract, open a session.
+
+Bad input fails here, before any container starts: a broken ``pipeline.yml`` or
+``bootstrap.yml`` is a ``ContractError`` naming file and line; a bad option value is a
+``ValueError`` naming the allowed ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from runner.artifacts import RunDir
+from runner.contract import load_actions, load_bootstrap, load_pipeline
+from runner.errors import ContractError
+from runner.session import EnvSession, SessionOptions
+from runner.targets import resolve_target
+from sandbox import Limits, NetworkPolicy
+
+Audit = Literal["on", "off", "warn-only"]
+Unattended = Literal["strict", "guided"]
+Backend = Literal["docker", "local"]
+WorkspaceMode = Literal["copy", "bind"]
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+    return str(value)
+
+
+def setup(
+    target: str | Path,
+    *,
+    clones_dir: str | Path | None = None,
+    pipeline_rel: str = "pipeline.yml",
+    require_metrics: bool = True,
+    audit: Audit = "on",
+    unattended: Unattended = "strict",
+    artifacts_dir: str | Path | None = None,
+    sandbox: Backend = "docker",
+    image: str | None = None,
+    workspace: WorkspaceMode = "copy",
+    network: Literal["none", "llm", "egress"] | None = None,
+    limits: Limits | None = None,
+    offline: bool = False,
+    progress: Callable[[str], None] | None = None,
+    **opencode: Any,
+) -> EnvSession:
+    """Open ``target`` (local path, git URL[@ref], ``owner/repo``, or HF dataset) as an environment.
+
+    Args:
+        target: where the repository is.
+        clones_dir: where remote targets are cloned and reused.
+        pipeline_rel: the contract file, relative to the repo root.
+        require_metrics: evaluation must write metrics with ``ok: true``.
+        audit: ``on`` | ``off`` | ``warn-only`` (kept from the predecessor).
+        unattended: ``strict`` refuses commands that wait for a human; ``guided`` allows them.
+        artifacts_dir: run dirs go here instead of ``<repo>/.aider_fsm/artifacts``.
+        sandbox: ``docker`` (isolated, default) or ``local`` (host processes, trusted repos only).
+        image: a local image to run instead of the default one.
+        workspace: ``copy`` (host checkout never written by target code) or ``bind``.
+        network: the most network any stage may get; never loosened by the contract.
+        limits: container limits (memory, cpus, pids, ...); the contract can only tighten them.
+        offline: never fetch remote targets; use what ``clones_dir`` holds.
+        progress: called with one line per step (the CLI shows these).
+        **opencode: the predecessor's ``opencode_*`` / ``strict_opencode`` / ``*_bash`` options,
+            accepted for compatibility and recorded; the agent arrives with scaffold/repair.
+
+    Raises:
+        ContractError: the contract is missing or invalid (file, line, field).
+        TargetError: the target cannot be resolved or fetched.
+        ValueError: an option has a value outside its allowed set.
+        TypeError: an unknown keyword.
+    """
+    audit = _choice("audit", audit, get_args(Audit))  # type: ignore[assignment]
+    unattended = _choice("unattended", unattended, get_args(Unattended))  # type: ignore[assignment]
+    sandbox = _choice("sandbox", sandbox, get_args(Backend))  # type: ignore[assignment]
+    workspace = _choice("workspace", workspace, get_args(WorkspaceMode))  # type: ignore[assignment]
+    if network is not None:
+        _choice("network", network, ("none", "llm", "egress"))
+    unknown = [k for k in opencode if not (k.startswith("opencode_") or k in _AGENT_KEYS)]
+    if unknown:
+        raise TypeError(f"setup() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+
+    repo = resolve_target(target, clones_dir=Path(clones_dir).expanduser() if clones_dir else None,
+                          offline=offline)
+    pipeline_path = repo.path / pipeline_rel
+    if not pipeline_path.is_file():
+        raise ContractError(
+            "no contract: the file does not exist. Write one with `fsm-runner init` "
+            "(scaffolding by the OpenCode agent needs opencode_model=)",
+            file=pipeline_path,
+        )
+    pipeline = load_pipeline(pipeline_path)
+    bootstrap = load_bootstrap(repo.path / ".aider_fsm" / "bootstrap.yml")
+    load_actions(repo.path / ".aider_fsm" / "actions.yml")  # validated; see docs/pipeline.md
+    run_dir = RunDir.create(repo.path, base=Path(artifacts_dir).expanduser() if artifacts_dir else None)
+    options = SessionOptions(
+        backend=sandbox, image=image, workspace_mode=workspace, limits=limits or Limits(),
+        network_cap=NetworkPolicy(network) if network else None, require_metrics=require_metrics,
+        audit=audit, unattended=unattended, progress=progress,
+    )
+    if opencode:
+        run_dir.event("agent_options_recorded", keys=sorted(opencode))
+    return EnvSession(repo=repo, pipeline=pipeline, pipeline_path=pipeline_path, bootstrap=bootstrap,
+                      run_dir=run_dir, options=options)
+
+
+_AGENT_KEYS = frozenset({"strict_opencode", "scaffold_opencode_bash"})

@@ -1,0 +1,27 @@
+"""The public API of fsm-runner, compatible with the predecessor's ``runner_env``.
+
+    import runner_env
+    sess = runner_env.setup("/path/to/repo")
+    sess.rollout(llm="some-model", mode="smoke", require_samples=True, repair_iters=0)
+    res = sess.evaluate(mode="smoke", repair_iters=0)
+    print(res.ok, res.metrics)
+
+Every target command runs inside a disposable Docker container.
+"""
+
+from runner.errors import ContractError, PolicyViolation, RunnerError, SandboxError, TargetError
+from runner.results import EvaluationResult, RolloutResult
+from runner.session import EnvSession
+from runner.setup import setup
+
+__all__ = [
+    "ContractError",
+    "EnvSession",
+    "EvaluationResult",
+    "PolicyViolation",
+    "RolloutResult",
+    "RunnerError",
+    "SandboxError",
+    "TargetError",
+    "setup",
+]

@@ -1,0 +1,76 @@
+"""Smoke test of the benchmark module: each measurement runs (n=2) and reports; no timing asserts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+# ``benchmarks`` is not an installed package (only runner/ and sandbox/ are): import it
+# from the repository root, which the ``pytest`` entry point does not put on sys.path.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from benchmarks import common, sandbox_overhead  # noqa: E402
+
+
+def _check(result: dict[str, object]) -> None:
+    ours, baseline = result["ours"], result["baseline"]
+    assert isinstance(ours, dict) and isinstance(baseline, dict)
+    assert ours["n"] == 2 and baseline["n"] == 2
+    assert ours["median_ms"] > 0
+    assert baseline["median_ms"] > 0
+    assert isinstance(result["ratio"], float) and result["ratio"] > 0
+    assert isinstance(result["met"], bool)
+
+
+def test_stats_and_interleaving() -> None:
+    assert common.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert common.percentile([0.0, 10.0], 10) == pytest.approx(1.0)
+    order: list[str] = []
+    timings = common.run_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 2, warmup=1
+    )
+    assert order == ["a", "b", "b", "a", "a", "b"]  # the first side alternates
+    assert [len(v) for v in timings.values()] == [2, 2]
+
+
+def test_make_repo_shape(tmp_path: Path) -> None:
+    repo = sandbox_overhead.make_repo(tmp_path / "repo", total_bytes=200_000)
+    files = [p for p in repo.rglob("*") if p.is_file()]
+    assert len(files) == 200
+    assert len({p.parent for p in files}) == 10
+    assert sum(p.stat().st_size for p in files) == 200_000
+
+
+@pytest.mark.docker
+def test_exec_true_measures(default_image: str) -> None:
+    comp = sandbox_overhead.measure_exec_true(2, warmup=0, image=default_image)
+    _check(comp.to_dict())
+
+
+@pytest.mark.docker
+def test_open_close_measures(default_image: str, tmp_path: Path) -> None:
+    repo = sandbox_overhead.make_repo(tmp_path / "repo", total_bytes=400_000)
+    comp = sandbox_overhead.measure_open_close(2, warmup=0, image=default_image, repo=repo)
+    result = comp.to_dict()
+    _check(result)
+    assert result["repo"] == {"files": 200, "bytes": 400_000}
+
+
+@pytest.mark.docker
+def test_cli_quick_run_saves_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--runs", "2", "--warmup", "0", "--json", "--profile", "always"]
+    rc = sandbox_overhead.main([*argv, "--results-dir", str(tmp_path)])
+    assert rc == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.parent == tmp_path and path.name.startswith("sandbox_overhead-")
+    payload = json.loads(path.read_text())
+    assert [r["name"] for r in payload["results"]] == ["exec_true", "open_close"]
+    for result in payload["results"]:
+        _check(result)
+    assert set(payload["profiles"]) == {"exec_true", "open_close"}
+    assert payload["machine"]["nproc"] and payload["machine"]["kernel"]
