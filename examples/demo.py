@@ -14,8 +14,17 @@ import runner_env
 from runner.results import VerificationResult
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("bootstrap", "auth", "tests", "deploy_setup", "deploy_health", "rollout", "evaluation",
-          "benchmark", "deploy_teardown")
+STAGES = (
+    "bootstrap",
+    "auth",
+    "tests",
+    "deploy_setup",
+    "deploy_health",
+    "rollout",
+    "evaluation",
+    "benchmark",
+    "deploy_teardown",
+)
 
 
 def show(verify: VerificationResult) -> None:

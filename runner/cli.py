@@ -13,8 +13,11 @@ from rich.console import Console
 
 from runner.errors import RunnerError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Run a repository's evaluation contract inside disposable, hardened containers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Run a repository's evaluation contract inside disposable, hardened containers.",
+)
 images_app = typer.Typer(no_args_is_help=True, help="The sandbox images (built offline).")
 app.add_typer(images_app, name="images")
 err = Console(stderr=True)
@@ -37,7 +40,9 @@ def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
 
 
 @images_app.command("build")
-def images_build(image: Annotated[str | None, typer.Option(help="Check this local image instead.")] = None) -> None:
+def images_build(
+    image: Annotated[str | None, typer.Option(help="Check this local image instead.")] = None,
+) -> None:
     """Build (or confirm) the default image; instant when cached."""
     from sandbox.errors import SandboxError
     from sandbox.images import ensure_image
@@ -56,17 +61,25 @@ def images_list() -> None:
 
     for img in get_client().images.list(filters={"label": f"{LABEL_KIND}=image"}):
         tags = ", ".join(img.tags) or img.short_id
-        out.print(f"{tags}\t{img.attrs.get('Size', 0) / 1e6:.0f} MB\t{img.attrs.get('Created', '')[:19]}")
+        out.print(
+            f"{tags}\t{img.attrs.get('Size', 0) / 1e6:.0f} MB\t{img.attrs.get('Created', '')[:19]}"
+        )
 
 
 @app.command()
-def gc(all_: Annotated[bool, typer.Option("--all", help="Also remove live sessions' objects.")] = False) -> None:
+def gc(
+    all_: Annotated[
+        bool, typer.Option("--all", help="Also remove live sessions' objects.")
+    ] = False,
+) -> None:
     """Remove containers and networks left behind by dead runs."""
     from sandbox.reaper import gc as run_gc
 
     report = run_gc(include_live=all_)
-    out.print(f"removed {len(report.containers)} container(s), {len(report.networks)} network(s); "
-              f"kept {report.kept_live} live")
+    out.print(
+        f"removed {len(report.containers)} container(s), {len(report.networks)} network(s); "
+        f"kept {report.kept_live} live"
+    )
 
 
 @app.command()
@@ -93,7 +106,9 @@ def validate(path: Annotated[Path, typer.Argument(help="Repository root.")] = Pa
 
 @app.command()
 def run(
-    target: Annotated[str, typer.Argument(help="Local path, git URL[@ref], owner/repo, or HF dataset URL.")],
+    target: Annotated[
+        str, typer.Argument(help="Local path, git URL[@ref], owner/repo, or HF dataset URL.")
+    ],
     llm: Annotated[str, typer.Option(help="Model id, or a local model directory.")] = "none",
     mode: Annotated[str, typer.Option(help="smoke | full")] = "smoke",
     repair_iters: Annotated[int, typer.Option(min=0)] = 0,
@@ -108,17 +123,22 @@ def run(
 
     if mode not in ("smoke", "full"):
         raise _fail(ValueError(f"--mode {mode!r} is not one of: smoke, full"), 2)
+    options: dict[str, Any] = {"sandbox": sandbox, "image": image, "network": network}
     try:
-        sess = runner_env.setup(target, sandbox=sandbox, image=image, network=network,  # type: ignore[arg-type]
-                                progress=None if as_json else _progress)
+        sess = runner_env.setup(target, progress=None if as_json else _progress, **options)
         with sess:
-            roll = sess.rollout(llm=llm, mode=mode, require_samples=require_samples, repair_iters=repair_iters)
+            roll = sess.rollout(
+                llm=llm, mode=mode, require_samples=require_samples, repair_iters=repair_iters
+            )
             res: Any = sess.evaluate(mode=mode, repair_iters=repair_iters) if roll.ok else roll
     except (RunnerError, ValueError) as exc:
         raise _fail(exc, 2 if isinstance(exc, ValueError) else 1) from exc
     summary = {
-        "ok": bool(res.ok), "failed_stage": res.failed_stage, "reason": res.reason,
-        "metrics": getattr(res, "metrics", None), "run_id": sess.run_id,
+        "ok": bool(res.ok),
+        "failed_stage": res.failed_stage,
+        "reason": res.reason,
+        "metrics": getattr(res, "metrics", None),
+        "run_id": sess.run_id,
         "artifacts_dir": str(sess.artifacts_dir),
     }
     if as_json:

@@ -95,7 +95,7 @@ def normalise_base_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     name = host.lower().rstrip(".")
     if name == "localhost" or name.endswith(".localhost"):
         return True
@@ -105,6 +105,22 @@ def _is_loopback(host: str) -> bool:
         return False
     # 0.0.0.0 / :: as a destination means "this host" on Linux, like loopback.
     return address.is_loopback or address.is_unspecified
+
+
+def host_endpoint(base_url: str) -> tuple[str, int] | None:
+    """(host, port) of a loopback base URL as the host reaches it; None for other hosts."""
+    parts = urlsplit(base_url if "://" in base_url else f"http://{base_url}")
+    if not parts.hostname or not is_loopback(parts.hostname):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (
+        "127.0.0.1"
+        if parts.hostname in ("localhost", "0.0.0.0") or parts.hostname.endswith(".localhost")
+        else parts.hostname
+    )
+    if host in ("::", "::1"):
+        host = "::1"
+    return host, port
 
 
 def sandbox_endpoint(base_url: str, *, gateway_host: str) -> tuple[str, tuple[str, int] | None]:
@@ -131,7 +147,7 @@ def sandbox_endpoint(base_url: str, *, gateway_host: str) -> tuple[str, tuple[st
         port = parts.port or _DEFAULT_PORTS[parts.scheme]
     except ValueError as exc:
         raise ValueError(f"model base URL has an invalid port: {base_url!r}") from exc
-    if not _is_loopback(parts.hostname):
+    if not is_loopback(parts.hostname):
         return normalise_base_url(base_url), None
     host = f"[{gateway_host}]" if ":" in gateway_host else gateway_host
     userinfo = parts.netloc.rpartition("@")[0]

@@ -83,13 +83,15 @@ def _host_output_path(repo_root: Path, rel_path: str) -> Path | None:
         return None  # outputs outside .aider_fsm/ stay in the run dir only
     aider = repo_root / AIDER_DIR
     if aider.is_symlink():
-        raise ContractError(f"{AIDER_DIR} is a symbolic link; refusing to write outputs through it",
-                            file=aider)
+        raise ContractError(
+            f"{AIDER_DIR} is a symbolic link; refusing to write outputs through it", file=aider
+        )
     current = aider
     for part in parts[1:-1]:
         current = current / part
         if current.is_symlink():
-            raise ContractError("output folder is a symbolic link; refusing to write through it",
-                                file=current)
+            raise ContractError(
+                "output folder is a symbolic link; refusing to write through it", file=current
+            )
     current.mkdir(parents=True, exist_ok=True)
     return current / parts[-1]

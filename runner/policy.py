@@ -84,12 +84,11 @@ _KEYWORDS = frozenset(
 _ASSIGN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=")
 _REDIR_RE = re.compile(r"\d*(?:&>>?|[<>]&|>>?\|?|<<<|<<-?|<>|<)(.*)", re.S)
 _HEREDOC_RE = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([^\s;&|<>()]+))")
-_FORK_BOMB_RES = tuple(
-    re.compile(head + r"\s*\{[^}]*?(?<![^\s{;&|(])(?P=f)\s*\|\s*(?P=f)(?![^\s&;}|)])")
-    for head in (
-        r"(?P<f>[^\s(){}|;&<>'\"]+)\s*\(\s*\)",
-        r"\bfunction\s+(?P<f>[^\s(){}|;&<>'\"]+)\s*(?:\(\s*\))?",
-    )
+# A function definition with a short body (bounded quantifiers keep the search linear on
+# long commands); the body is then searched for the name piped into itself.
+_NAME = r"[^\s(){}|;&<>'\"]{1,64}"
+_FUNC_DEF_RE = re.compile(
+    rf"(?:\bfunction\s+({_NAME})\s*(?:\(\s*\))?|({_NAME})\s*\(\s*\))\s*\{{([^}}]{{0,200}})"
 )
 _PY_INTERACTIVE_RE = re.compile(r"-[bBdEIOPqsSuv]*i")
 # Wrapper -> (its options that take a value, positional words before the wrapped command).
@@ -106,6 +105,7 @@ _WRAPPERS: dict[str, tuple[str, int]] = {
     "xargs": ("-I -n -P -L -d -E -s -a --max-args --arg-file", 0),
     **dict.fromkeys(("nohup", "command", "builtin", "setsid", "busybox"), ("", 0)),
 }
+_SHLEX_MAX_CHARS = 32_000
 _MAX_DEPTH = 16
 """Deeper nesting of substitutions/payloads is refused: it only serves to hide a command."""
 
@@ -259,10 +259,14 @@ def _skip_heredocs(text: str, i: int, heredocs: list[tuple[str, bool]]) -> int:
 
 
 def _words(segment: str) -> list[str]:
-    try:
-        return shlex.split(segment)
-    except ValueError:  # unbalanced quotes: bash would refuse it too; read it roughly
-        return re.sub(r"[\"']", "", segment).split()
+    # shlex is quadratic on long words (it grows each token one character at a time), so
+    # very long segments (inline scripts) get the rough split bash-invalid input gets.
+    if len(segment) <= _SHLEX_MAX_CHARS:
+        try:
+            return shlex.split(segment)
+        except ValueError:  # unbalanced quotes: bash would refuse it too
+            pass
+    return re.sub(r"[\"']", "", segment).split()
 
 
 def _chain(words: Sequence[str], piped_in: bool) -> list[_Inv]:
@@ -450,6 +454,14 @@ def _compile(patterns: Sequence[str | re.Pattern[str]], name: str) -> tuple[re.P
     return tuple(out)
 
 
+def _fork_bomb(command: str) -> bool:
+    for m in _FUNC_DEF_RE.finditer(command):
+        name = re.escape(m.group(1) or m.group(2))
+        if re.search(rf"(?<![^\s;&|(]){name}\s*\|\s*{name}(?![^\s&;|)])", m.group(3)):
+            return True
+    return False
+
+
 def _hard_deny(command: str, parsed: _Parsed) -> str | None:
     low = command.lower()
     for sock in ENGINE_SOCKETS:
@@ -457,7 +469,7 @@ def _hard_deny(command: str, parsed: _Parsed) -> str | None:
             return f"mentions the container engine socket {sock!r}"
     if any(part.too_deep for part in parsed.walk()):
         return f"substitutions or sh -c payloads nested more than {_MAX_DEPTH} levels deep"
-    if any(r.search(command) for r in _FORK_BOMB_RES):
+    if _fork_bomb(command):
         return "fork bomb: a function that pipes itself into itself in the background"
     for inv in parsed.invocations():
         if inv.name in HARD_DENY_COMMANDS:

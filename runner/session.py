@@ -24,12 +24,32 @@ from runner.contract import validate_metrics as _validate_metrics
 from runner.contract import validate_rollout as _validate_rollout
 from runner.errors import ContractError, RunnerError
 from runner.errors import SandboxError as RunnerSandboxError
-from runner.llm import LlmChoice, llm_stage_env, normalise_base_url, parse_llm, sandbox_endpoint
-from runner.outputs_io import STAGE_OUTPUTS, clear_in_sandbox, read_output, to_sandbox_rel, write_host_output
+from runner.llm import (
+    LlmChoice,
+    host_endpoint,
+    llm_stage_env,
+    normalise_base_url,
+    parse_llm,
+    sandbox_endpoint,
+)
+from runner.outputs_io import (
+    STAGE_OUTPUTS,
+    clear_in_sandbox,
+    read_output,
+    to_sandbox_rel,
+    write_host_output,
+)
 from runner.policy import CommandPolicy, PolicyConfig
 from runner.results import EvaluationResult, RolloutResult, VerificationResult
-from runner.stage_env import base_stage_env, limit_override
-from runner.stages import StagePlan, StageResult, plan_stage, run_stage
+from runner.stage_env import MODEL_STAGES, base_stage_env, limit_override
+from runner.stages import (
+    DEFAULT_STAGE_NETWORK,
+    StagePlan,
+    StageResult,
+    cap_network,
+    plan_stage,
+    run_stage,
+)
 from runner.states import State, check_transition
 from runner.targets import TargetRepo
 from sandbox import Limits, NetworkPolicy, Sandbox, SandboxSpec, open_sandbox
@@ -39,6 +59,9 @@ log = logging.getLogger("fsm_runner")
 
 Progress = Callable[[str], None]
 DEFAULT_METRICS_PATH = ".aider_fsm/metrics.json"
+_ENDPOINT_VARS = frozenset({"OPENAI_API_BASE", "OPENAI_BASE_URL"})
+_MODEL_VARS = _ENDPOINT_VARS | {"OPENAI_API_KEY"}
+MODEL_DIR_IN_SANDBOX = "/model"
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,7 @@ class EnvSession:
         self._deployed = False
         self._rolled_out = False
         self._attempts: dict[str, int] = {}
+        self._remote_llm = False
         security = pipeline.security
         self._policy = CommandPolicy(
             PolicyConfig(
@@ -103,8 +127,13 @@ class EnvSession:
             )
         )
         self._finalizer = weakref.finalize(self, _close_quietly, self.__dict__)
-        self.run_dir.event("session_created", repo=str(repo.path), source=repo.source,
-                           commit=repo.commit, state=self.state.value)
+        self.run_dir.event(
+            "session_created",
+            repo=str(repo.path),
+            source=repo.source,
+            commit=repo.commit,
+            state=self.state.value,
+        )
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -167,6 +196,12 @@ class EnvSession:
             backend=self.options.backend,
             llm_endpoint=endpoint,
             limits=limits,
+            # A local model directory is visible to stages read-only, at a fixed path.
+            readonly_mounts=(
+                {str(self.llm.model_dir): MODEL_DIR_IN_SANDBOX}
+                if self.llm is not None and self.llm.model_dir is not None
+                else {}
+            ),
             labels={"fsm-runner.run-id": self.run_id},
         )
         self._say(f"opening {self.options.backend} sandbox for {self.repo.path}")
@@ -197,8 +232,12 @@ class EnvSession:
     def _llm_env(self, sb: Sandbox, overrides: Mapping[str, str]) -> dict[str, str]:
         if self.llm is None:
             return {}
-        raw_base = overrides.get("OPENAI_API_BASE") or overrides.get("OPENAI_BASE_URL") or \
-            os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL")
+        raw_base = (
+            overrides.get("OPENAI_API_BASE")
+            or overrides.get("OPENAI_BASE_URL")
+            or os.environ.get("OPENAI_API_BASE")
+            or os.environ.get("OPENAI_BASE_URL")
+        )
         base_in_sandbox: str | None = None
         if raw_base:
             base_in_sandbox = normalise_base_url(raw_base)
@@ -209,27 +248,63 @@ class EnvSession:
         api_key = overrides.get("OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if api_key:
             self.run_dir.add_secret(api_key)
-        model_dir = "/model" if self.llm.kind == "local_hf" else None
-        return llm_stage_env(self.llm, base_url_in_sandbox=base_in_sandbox, api_key=api_key,
-                             model_dir_in_sandbox=model_dir)
+        model_dir = MODEL_DIR_IN_SANDBOX if self.llm.kind == "local_hf" else None
+        return llm_stage_env(
+            self.llm,
+            base_url_in_sandbox=base_in_sandbox,
+            api_key=api_key,
+            model_dir_in_sandbox=model_dir,
+        )
 
-    def _run(self, name: str, p: _Pass, mode: str, overrides: Mapping[str, str]) -> StageResult | None:
+    def _run(
+        self, name: str, p: _Pass, mode: str, overrides: Mapping[str, str]
+    ) -> StageResult | None:
         spec = self.pipeline.stage(name)  # type: ignore[arg-type]
         if spec is None:
             return None
         sb = self._require_sandbox()
-        env = base_stage_env(stage=name, workspace=sb.workspace, run_id=self.run_id,
-                             artifacts_dir=p.sandbox_dir, mode=mode,
-                             bootstrap_env=self._bootstrap_env or {}, llm_env=self._llm_env(sb, overrides))
+        llm_env = self._llm_env(sb, overrides) if name in MODEL_STAGES else {}
+        env = base_stage_env(
+            stage=name,
+            workspace=sb.workspace,
+            run_id=self.run_id,
+            artifacts_dir=p.sandbox_dir,
+            mode=mode,
+            bootstrap_env=self._bootstrap_env or {},
+            llm_env=llm_env,
+        )
         sec = self.pipeline.security
-        max_cmd = limit_override("AIDER_FSM_MAX_CMD_SECONDS", overrides, spec.env) or (sec.max_cmd_seconds if sec else None)
-        max_total = limit_override("AIDER_FSM_MAX_TOTAL_SECONDS", overrides, spec.env) or (sec.max_total_seconds if sec else None)
-        plan = plan_stage(spec, env=env, workspace=sb.workspace, max_cmd_seconds=max_cmd,
-                          max_total_seconds=max_total,
-                          network_caps=(_net(sec.network if sec else None), self.options.network_cap))
-        plan = dataclasses.replace(plan, env={**plan.env, **overrides, "AIDER_FSM_STAGE": name})
+        max_cmd = limit_override("AIDER_FSM_MAX_CMD_SECONDS", overrides, spec.env) or (
+            sec.max_cmd_seconds if sec else None
+        )
+        max_total = limit_override("AIDER_FSM_MAX_TOTAL_SECONDS", overrides, spec.env) or (
+            sec.max_total_seconds if sec else None
+        )
+        plan = plan_stage(
+            spec,
+            env=env,
+            workspace=sb.workspace,
+            max_cmd_seconds=max_cmd,
+            max_total_seconds=max_total,
+            network_caps=(_net(sec.network if sec else None), self.options.network_cap),
+        )
+        # The caller's endpoint is host-side; the llm env already holds its sandbox-side form.
+        # The model key and endpoint reach only the stages that call the model.
+        passed = {
+            k: v
+            for k, v in overrides.items()
+            if not (k in _ENDPOINT_VARS and llm_env)
+            and (k not in _MODEL_VARS or name in MODEL_STAGES)
+        }
+        plan = dataclasses.replace(plan, env={**plan.env, **passed, "AIDER_FSM_STAGE": name})
         if sb.llm_address is None and plan.network == NetworkPolicy.LLM:
-            plan = dataclasses.replace(plan, network=NetworkPolicy.NONE)  # no endpoint: nothing to reach
+            # No host endpoint to relay: a remote API needs egress (capped as usual);
+            # with no model endpoint at all there is nothing to reach.
+            wanted = NetworkPolicy.EGRESS if self._remote_llm else NetworkPolicy.NONE
+            capped = cap_network(
+                wanted, _net(sec.network if sec else None), self.options.network_cap
+            )
+            plan = dataclasses.replace(plan, network=capped)
         for rel in STAGE_OUTPUTS.get(name, ()):
             clear_in_sandbox(sb, (rel,))
         self._record_stage_network(name, plan.network.value)
@@ -243,8 +318,14 @@ class EnvSession:
     def _exec_stage(self, sb: Sandbox, plan: StagePlan, p: _Pass) -> StageResult:
         sb.exec(f"mkdir -p '{p.sandbox_dir}'", timeout=30)
         try:
-            return run_stage(sb, plan, policy=self._policy, run_dir=self.run_dir, record_dir=p.host_dir,
-                             progress=self._say)
+            return run_stage(
+                sb,
+                plan,
+                policy=self._policy,
+                run_dir=self.run_dir,
+                record_dir=p.host_dir,
+                progress=self._say,
+            )
         except SandboxLayerError as exc:
             raise RunnerSandboxError(f"stage {plan.name}: {exc}") from exc
 
@@ -266,29 +347,52 @@ class EnvSession:
             return None
         seed = {"AIDER_FSM_REPO_ROOT": sb.workspace}
         applied = absolutize_env_paths(expand_env(spec.env, seed), sb.workspace)
-        self.run_dir.write_text("env_api/bootstrap/bootstrap.yml",
-                                (self.repo.path / ".aider_fsm" / "bootstrap.yml").read_text(errors="replace"))
+        self.run_dir.write_text(
+            "env_api/bootstrap/bootstrap.yml",
+            (self.repo.path / ".aider_fsm" / "bootstrap.yml").read_text(errors="replace"),
+        )
         self.run_dir.write_json("env_api/bootstrap/bootstrap_env.json", applied)
         if spec.warnings:
-            self.run_dir.write_json("env_api/bootstrap/bootstrap_parse_warnings.json", list(spec.warnings))
+            self.run_dir.write_json(
+                "env_api/bootstrap/bootstrap_parse_warnings.json", list(spec.warnings)
+            )
         sec = self.pipeline.security
-        timeouts = [t for t in (spec.timeout_seconds, sec.max_cmd_seconds if sec else None,
-                                limit_override("AIDER_FSM_MAX_CMD_SECONDS")) if t]
-        env = base_stage_env(stage="bootstrap", workspace=sb.workspace, run_id=self.run_id,
-                             artifacts_dir=f"{sb.workspace}/.aider_fsm/artifacts/{self.run_id}/bootstrap",
-                             mode=mode, bootstrap_env=applied, llm_env={})
-        from runner.stages import DEFAULT_STAGE_NETWORK, cap_network
-
+        timeouts = [
+            t
+            for t in (
+                spec.timeout_seconds,
+                sec.max_cmd_seconds if sec else None,
+                limit_override("AIDER_FSM_MAX_CMD_SECONDS"),
+            )
+            if t
+        ]
+        env = base_stage_env(
+            stage="bootstrap",
+            workspace=sb.workspace,
+            run_id=self.run_id,
+            artifacts_dir=f"{sb.workspace}/.aider_fsm/artifacts/{self.run_id}/bootstrap",
+            mode=mode,
+            bootstrap_env=applied,
+            llm_env={},
+        )
         plan = StagePlan(
-            name="bootstrap", cmds=tuple(spec.cmds), env=env,
+            name="bootstrap",
+            cmds=tuple(spec.cmds),
+            env=env,
             cwd=f"{sb.workspace}/{spec.workdir}" if spec.workdir else sb.workspace,
-            cmd_timeout=float(min(timeouts)) if timeouts else None, retries=spec.retries,
-            network=cap_network(DEFAULT_STAGE_NETWORK["bootstrap"], _net(sec.network if sec else None),
-                                self.options.network_cap),
+            cmd_timeout=float(min(timeouts)) if timeouts else None,
+            retries=spec.retries,
+            network=cap_network(
+                DEFAULT_STAGE_NETWORK["bootstrap"],
+                _net(sec.network if sec else None),
+                self.options.network_cap,
+            ),
         )
         self._record_stage_network("bootstrap", plan.network.value)
         self._say(f"bootstrap ({len(plan.cmds)} command(s), network={plan.network.value})")
-        result = self._exec_stage(sb, plan, _Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"]))
+        result = self._exec_stage(
+            sb, plan, _Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"])
+        )
         if result.ok:
             self._bootstrap_env = applied
             self._transition(State.BOOTSTRAPPED)
@@ -297,10 +401,15 @@ class EnvSession:
     def _teardown(self, p: _Pass, *, success: bool) -> None:
         deploy = self.pipeline.deploy
         policy = deploy.teardown_policy if deploy else "always"
-        wanted = policy == "always" or (policy == "on_success" and success) or (policy == "on_failure" and not success)
+        wanted = (
+            policy == "always"
+            or (policy == "on_success" and success)
+            or (policy == "on_failure" and not success)
+        )
         if wanted and self._sandbox is not None:
             with contextlib.suppress(RunnerError):
                 self._run("deploy_teardown", p, "smoke", {})
+                self._pull_stage_files(p)
         self._deployed = False
 
     # -- the deploy / rollout / evaluation flow -----------------------------------------
@@ -314,11 +423,14 @@ class EnvSession:
         self._open_sandbox(endpoint)
 
     def _endpoint(self, overrides: Mapping[str, str]) -> tuple[str, int] | None:
-        raw = overrides.get("OPENAI_API_BASE") or overrides.get("OPENAI_BASE_URL") or \
-            os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL")
+        """The host endpoint the ``llm`` relay forwards to (a model server on loopback)."""
+        raw = _base_url(overrides)
         if not raw or self.llm is None:
             return None
-        _, endpoint = sandbox_endpoint(raw, gateway_host="0.0.0.0")
+        endpoint = host_endpoint(raw)
+        # A remote API (not on this host) cannot be relayed without breaking TLS: stages
+        # that need the model then get ordinary egress, recorded per stage in sandbox.json.
+        self._remote_llm = endpoint is None
         return endpoint
 
     def _deploy(self, p: _Pass, mode: str, overrides: Mapping[str, str]) -> bool:
@@ -363,9 +475,16 @@ class EnvSession:
         self.run_dir.add_secrets_from_env(overrides)
         self._start(llm, overrides)
         p = self._new_pass("rollout")
-        self.run_dir.event("rollout_start", mode=mode, require_samples=require_samples,
-                           llm_kind=self.llm.kind if self.llm else None, repair_iters=repair_iters)
-        result = RolloutResult(ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify)
+        self.run_dir.event(
+            "rollout_start",
+            mode=mode,
+            require_samples=require_samples,
+            llm_kind=self.llm.kind if self.llm else None,
+            repair_iters=repair_iters,
+        )
+        result = RolloutResult(
+            ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify
+        )
         if not self._deployed and not self._deploy(p, mode, overrides):
             return self._fail_rollout(result, p)
         res = self._run("rollout", p, mode, overrides)
@@ -391,16 +510,24 @@ class EnvSession:
 
     def _check_samples(self, p: _Pass, rollout_mirror: Path | None) -> Any:
         if rollout_mirror is None:
-            raise ContractError("missing_rollout_json: the rollout stage did not write .aider_fsm/rollout.json",
-                                file=".aider_fsm/rollout.json")
+            raise ContractError(
+                "missing_rollout_json: the rollout stage did not write .aider_fsm/rollout.json",
+                file=".aider_fsm/rollout.json",
+            )
         sb = self._require_sandbox()
         outputs = p.host_dir / "outputs"
         try:
             manifest = json.loads(rollout_mirror.read_text())
-            raw = manifest.get("paths", {}).get("samples_jsonl") if isinstance(manifest, dict) else None
+            raw = (
+                manifest.get("paths", {}).get("samples_jsonl")
+                if isinstance(manifest, dict)
+                else None
+            )
         except (ValueError, AttributeError):
             raw = None
-        rel = to_sandbox_rel(str(raw), sb.workspace) if isinstance(raw, str) and raw.strip() else None
+        rel = (
+            to_sandbox_rel(str(raw), sb.workspace) if isinstance(raw, str) and raw.strip() else None
+        )
         if rel is not None:
             dest = outputs / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -408,16 +535,22 @@ class EnvSession:
                 sb.pull(rel, dest.parent)
         return _validate_rollout(outputs, rollout_mirror, workspace=sb.workspace)
 
-    def _fail_rollout(self, result: RolloutResult, p: _Pass, *, keep_reason: bool = False) -> RolloutResult:
+    def _fail_rollout(
+        self, result: RolloutResult, p: _Pass, *, keep_reason: bool = False
+    ) -> RolloutResult:
         result.ok = False
         result.failed_stage = p.verify.failed_stage
         if not keep_reason:
             stage = getattr(p.verify, p.verify.failed_stage or "", None)
-            result.reason = stage.reason if isinstance(stage, StageResult) else (p.verify.failed_stage or "")
+            result.reason = (
+                stage.reason if isinstance(stage, StageResult) else (p.verify.failed_stage or "")
+            )
         self._pull_stage_files(p)
         if self._deployed:
             self._teardown(p, success=False)
-        self.run_dir.event("rollout_end", ok=False, failed_stage=result.failed_stage, reason=result.reason)
+        self.run_dir.event(
+            "rollout_end", ok=False, failed_stage=result.failed_stage, reason=result.reason
+        )
         self._transition(State.FAILED, stage=result.failed_stage)
         return result
 
@@ -439,7 +572,9 @@ class EnvSession:
             raise ValueError("missing_llm: pass llm= to evaluate() or call rollout() first")
         self._start(llm, overrides)
         p = self._new_pass("evaluation")
-        result = EvaluationResult(ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify)
+        result = EvaluationResult(
+            ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify
+        )
         self.run_dir.event("evaluation_start", mode=mode, fast_path=self._rolled_out)
         try:
             ok = self._evaluate_pass(p, mode, overrides, result)
@@ -450,11 +585,19 @@ class EnvSession:
                 result.failed_stage = p.verify.failed_stage
                 if not result.reason:
                     stage = getattr(p.verify, p.verify.failed_stage or "", None)
-                    result.reason = stage.reason if isinstance(stage, StageResult) else \
-                        "; ".join(p.verify.metrics_errors) or (p.verify.failed_stage or "")
+                    result.reason = (
+                        stage.reason
+                        if isinstance(stage, StageResult)
+                        else "; ".join(p.verify.metrics_errors) or (p.verify.failed_stage or "")
+                    )
                 self._transition(State.FAILED, stage=result.failed_stage)
-            self.run_dir.event("evaluation_end", ok=result.ok, failed_stage=result.failed_stage,
-                               reason=result.reason, metrics=result.metrics)
+            self.run_dir.event(
+                "evaluation_end",
+                ok=result.ok,
+                failed_stage=result.failed_stage,
+                reason=result.reason,
+                metrics=result.metrics,
+            )
         finally:
             self._pull_stage_files(p)
             if self._deployed:
@@ -462,7 +605,9 @@ class EnvSession:
             self.close()
         return result
 
-    def _evaluate_pass(self, p: _Pass, mode: str, overrides: Mapping[str, str], result: EvaluationResult) -> bool:
+    def _evaluate_pass(
+        self, p: _Pass, mode: str, overrides: Mapping[str, str], result: EvaluationResult
+    ) -> bool:
         if not self._rolled_out:
             if not self._deployed and not self._deploy(p, mode, overrides):
                 return False
@@ -471,7 +616,7 @@ class EnvSession:
             if roll is not None and not roll.ok:
                 return False
         ev = self.pipeline.evaluation
-        metrics_rel = (ev.metrics_path if ev and ev.metrics_path else DEFAULT_METRICS_PATH)
+        metrics_rel = ev.metrics_path if ev and ev.metrics_path else DEFAULT_METRICS_PATH
         required = list(ev.required_keys) if ev and ev.required_keys else []
         if self.options.require_metrics and "ok" not in required:
             required.append("ok")
@@ -493,21 +638,29 @@ class EnvSession:
             bres = self._run("benchmark", p, mode, overrides)
             if bres is not None and not bres.ok:
                 return False
-            if bench_rel and self._collect_metrics(p, bench_rel, list(bench.required_keys or []),
-                                                   "benchmark", result) is None:
+            if (
+                bench_rel
+                and self._collect_metrics(
+                    p, bench_rel, list(bench.required_keys or []), "benchmark", result
+                )
+                is None
+            ):
                 return False
         return True
 
-    def _collect_metrics(self, p: _Pass, rel: str, required: list[str], stage: str,
-                         result: EvaluationResult) -> dict[str, Any] | None:
+    def _collect_metrics(
+        self, p: _Pass, rel: str, required: list[str], stage: str, result: EvaluationResult
+    ) -> dict[str, Any] | None:
         mirror, host = self._sync_output(rel, p)
         if stage == "evaluation":
             result.metrics_path = host or mirror
             p.verify.metrics_path = result.metrics_path
         try:
             if mirror is None:
-                raise ContractError(f"metrics_file_missing: {rel} was not written by this run's {stage} stage",
-                                    file=rel)
+                raise ContractError(
+                    f"metrics_file_missing: {rel} was not written by this run's {stage} stage",
+                    file=rel,
+                )
             return _validate_metrics(mirror, required)
         except ContractError as exc:
             p.verify.metrics_errors.append(f"{stage}.{exc.message}")
@@ -532,6 +685,15 @@ class EnvSession:
             self.run_dir.event("stage_files_refused", pass_=p.name, reason=str(exc))
             return
         self.run_dir.scrub_tree(dest)
+
+
+def _base_url(overrides: Mapping[str, str]) -> str | None:
+    """The model endpoint: caller overrides first, then the process environment."""
+    for env in (overrides, os.environ):
+        for name in ("OPENAI_API_BASE", "OPENAI_BASE_URL"):
+            if env.get(name):
+                return env[name]
+    return None
 
 
 def _net(value: str | None) -> NetworkPolicy | None:

@@ -84,8 +84,9 @@ def setup(
     if unknown:
         raise TypeError(f"setup() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
 
-    repo = resolve_target(target, clones_dir=Path(clones_dir).expanduser() if clones_dir else None,
-                          offline=offline)
+    repo = resolve_target(
+        target, clones_dir=Path(clones_dir).expanduser() if clones_dir else None, offline=offline
+    )
     pipeline_path = repo.path / pipeline_rel
     if not pipeline_path.is_file():
         raise ContractError(
@@ -96,16 +97,30 @@ def setup(
     pipeline = load_pipeline(pipeline_path)
     bootstrap = load_bootstrap(repo.path / ".aider_fsm" / "bootstrap.yml")
     load_actions(repo.path / ".aider_fsm" / "actions.yml")  # validated; see docs/pipeline.md
-    run_dir = RunDir.create(repo.path, base=Path(artifacts_dir).expanduser() if artifacts_dir else None)
+    run_dir = RunDir.create(
+        repo.path, base=Path(artifacts_dir).expanduser() if artifacts_dir else None
+    )
     options = SessionOptions(
-        backend=sandbox, image=image, workspace_mode=workspace, limits=limits or Limits(),
-        network_cap=NetworkPolicy(network) if network else None, require_metrics=require_metrics,
-        audit=audit, unattended=unattended, progress=progress,
+        backend=sandbox,
+        image=image,
+        workspace_mode=workspace,
+        limits=limits or Limits(),
+        network_cap=NetworkPolicy(network) if network else None,
+        require_metrics=require_metrics,
+        audit=audit,
+        unattended=unattended,
+        progress=progress,
     )
     if opencode:
         run_dir.event("agent_options_recorded", keys=sorted(opencode))
-    return EnvSession(repo=repo, pipeline=pipeline, pipeline_path=pipeline_path, bootstrap=bootstrap,
-                      run_dir=run_dir, options=options)
+    return EnvSession(
+        repo=repo,
+        pipeline=pipeline,
+        pipeline_path=pipeline_path,
+        bootstrap=bootstrap,
+        run_dir=run_dir,
+        options=options,
+    )
 
 
 _AGENT_KEYS = frozenset({"strict_opencode", "scaffold_opencode_bash"})

@@ -145,7 +145,9 @@ def run_stage(
     started = time.monotonic()
     results: list[CmdResult] = []
     failed_index: int | None = None
-    run_dir.event("stage_start", stage=plan.name, network=plan.network.value, commands=len(plan.cmds))
+    run_dir.event(
+        "stage_start", stage=plan.name, network=plan.network.value, commands=len(plan.cmds)
+    )
     for index, cmd in enumerate(plan.cmds):
         ok = False
         for attempt in range(plan.retries + 1):
@@ -163,10 +165,18 @@ def run_stage(
             failed_index = index
             break
     stage_ok = failed_index is None
-    run_dir.write_stage_summary(record_dir, plan.name, ok=stage_ok, failed_index=failed_index, total_results=len(results))
+    run_dir.write_stage_summary(
+        record_dir, plan.name, ok=stage_ok, failed_index=failed_index, total_results=len(results)
+    )
     stage = StageResult(plan.name, stage_ok, tuple(results), failed_index, plan.network.value)
-    run_dir.event("stage_end", stage=plan.name, ok=stage_ok, failed_index=failed_index,
-                  duration_s=round(time.monotonic() - started, 3), reason=stage.reason)
+    run_dir.event(
+        "stage_end",
+        stage=plan.name,
+        ok=stage_ok,
+        failed_index=failed_index,
+        duration_s=round(time.monotonic() - started, 3),
+        reason=stage.reason,
+    )
     return stage
 
 
@@ -181,18 +191,33 @@ def _run_one(
     if plan.total_budget is not None:
         left = plan.total_budget - (time.monotonic() - started)
         if left <= 0:
-            return CmdResult(cmd, RC_TIMEOUT, "", f"stage {plan.name}: max_total_seconds used up", timed_out=True)
+            return CmdResult(
+                cmd, RC_TIMEOUT, "", f"stage {plan.name}: max_total_seconds used up", timed_out=True
+            )
         timeout = left if timeout is None else min(timeout, left)
     # Output is captured capped in memory and written (redacted) by artifacts.py; it is
     # never streamed raw into the run dir, where a secret could land unmasked.
     res = sandbox.exec(cmd, env=plan.env, cwd=plan.cwd, timeout=timeout)
-    return CmdResult(cmd, res.exit_code, res.stdout, res.stderr, res.timed_out, res.duration_s,
-                     res.oom_killed, res.truncated)
+    return CmdResult(
+        cmd,
+        res.exit_code,
+        res.stdout,
+        res.stderr,
+        res.timed_out,
+        res.duration_s,
+        res.oom_killed,
+        res.truncated,
+    )
 
 
 def _record(result: CmdResult) -> CommandRecord:
     return CommandRecord(
-        exit_code=result.rc, stdout=result.stdout, stderr=result.stderr, timed_out=result.timed_out,
-        duration_s=result.duration_s, oom_killed=result.oom_killed, truncated=result.truncated,
+        exit_code=result.rc,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        timed_out=result.timed_out,
+        duration_s=result.duration_s,
+        oom_killed=result.oom_killed,
+        truncated=result.truncated,
         blocked_reason=result.blocked_reason,
     )

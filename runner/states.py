@@ -29,7 +29,9 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.NEW: frozenset({State.BOOTSTRAPPED, State.FAILED, State.CLOSED}),
     State.BOOTSTRAPPED: frozenset({State.DEPLOYED, State.EVALUATED, State.FAILED, State.CLOSED}),
     State.DEPLOYED: frozenset({State.ROLLED_OUT, State.BOOTSTRAPPED, State.FAILED, State.CLOSED}),
-    State.ROLLED_OUT: frozenset({State.EVALUATED, State.BOOTSTRAPPED, State.DEPLOYED, State.FAILED, State.CLOSED}),
+    State.ROLLED_OUT: frozenset(
+        {State.EVALUATED, State.BOOTSTRAPPED, State.DEPLOYED, State.FAILED, State.CLOSED}
+    ),
     State.EVALUATED: frozenset({State.CLOSED, State.BOOTSTRAPPED, State.FAILED}),
     State.FAILED: frozenset({State.REPAIRING, State.BOOTSTRAPPED, State.NEW, State.CLOSED}),
     State.REPAIRING: frozenset({State.NEW, State.BOOTSTRAPPED, State.FAILED, State.CLOSED}),

@@ -114,6 +114,7 @@ class DockerSandbox:
             self._net = NetworkSwitch(
                 self._client, self._container, self.sandbox_id, spec.llm_endpoint
             )
+            self._net.prepare_llm()
             if spec.network != NetworkPolicy.NONE:
                 self._net.apply(spec.network)
         except BaseException:

@@ -26,7 +26,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "CI=true but no Docker engine answers: Docker tests must run in CI, never skip. "
             "Start it with `make engine` (bash images/ensure-engine.sh)."
         )
-    skip = pytest.mark.skip(reason="NO DOCKER ENGINE: start it with `make engine`; these tests did NOT run")
+    skip = pytest.mark.skip(
+        reason="NO DOCKER ENGINE: start it with `make engine`; these tests did NOT run"
+    )
     for item in docker_items:
         item.add_marker(skip)
 
@@ -38,7 +40,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
-    skipped = [r for r in reporter.stats.get("skipped", []) if "docker" in getattr(r, "keywords", {})]
+    skipped = [
+        r for r in reporter.stats.get("skipped", []) if "docker" in getattr(r, "keywords", {})
+    ]
     if skipped:
         reporter.write_line(f"FAIL: {len(skipped)} Docker test(s) were skipped in CI", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -68,7 +68,9 @@ def test_background_process_survives_between_execs(sb: Sandbox) -> None:
 
 
 def test_output_is_capped_and_flagged(sb: Sandbox, tmp_path: Path) -> None:
-    res = sb.exec("head -c 3000000 /dev/zero | tr '\\0' x", output_limit=1000, stream_to=tmp_path / "out")
+    res = sb.exec(
+        "head -c 3000000 /dev/zero | tr '\\0' x", output_limit=1000, stream_to=tmp_path / "out"
+    )
     assert res.truncated
     assert len(res.stdout) == 1000
     assert (tmp_path / "out" / "stdout.txt").stat().st_size == 3_000_000
@@ -103,7 +105,9 @@ def test_read_file_never_follows_links(sb: Sandbox) -> None:
 
 
 def test_pull_refuses_link_to_etc_passwd(sb: Sandbox, tmp_path: Path) -> None:
-    sb.exec("mkdir -p art && echo ok > art/a.txt && ln -s /etc/passwd art/evil && ln -s ../../.. art/up")
+    sb.exec(
+        "mkdir -p art && echo ok > art/a.txt && ln -s /etc/passwd art/evil && ln -s ../../.. art/up"
+    )
     dest = tmp_path / "dest"
     with pytest.raises(UnsafeArchive):
         sb.pull("art", dest)
@@ -162,7 +166,9 @@ def _tar(members: list[tarfile.TarInfo]) -> io.BytesIO:
         ("fifo", tarfile.FIFOTYPE, ""),
     ],
 )
-def test_safe_extract_refuses_hostile_members(tmp_path: Path, name: str, kind: bytes, link: str) -> None:
+def test_safe_extract_refuses_hostile_members(
+    tmp_path: Path, name: str, kind: bytes, link: str
+) -> None:
     from sandbox.archive import safe_extract
 
     ok = tarfile.TarInfo("fine.txt")

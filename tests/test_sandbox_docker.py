@@ -49,7 +49,9 @@ def test_copy_mode_never_writes_host(docker_sandbox: DockerSandbox, repo_dir: Pa
 
 
 def test_bind_mode_writes_host_on_request(default_image: str, repo_dir: Path) -> None:
-    with open_sandbox(SandboxSpec(workspace_src=repo_dir, image=default_image, workspace_mode="bind")) as sb:
+    with open_sandbox(
+        SandboxSpec(workspace_src=repo_dir, image=default_image, workspace_mode="bind")
+    ) as sb:
         assert sb.exec("echo from-container > bound.txt").exit_code == 0
     assert (repo_dir / "bound.txt").read_text() == "from-container\n"
 
@@ -103,14 +105,18 @@ def test_process_limits_and_privileges(docker_sandbox: DockerSandbox) -> None:
     status = dict(zip(lines[1::2], lines[2::2], strict=True))
     assert status["NoNewPrivs:"] == "1"
     # CHOWN(0) DAC_OVERRIDE(1) FOWNER(3) FSETID(4) SETGID(6) SETUID(7): nothing else.
-    assert int(status["CapEff:"], 16) == (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7)
+    assert int(status["CapEff:"], 16) == (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 6) | (
+        1 << 7
+    )
     # Without CAP_SYS_ADMIN / CAP_NET_ADMIN the classic escapes fail.
     assert docker_sandbox.exec("mount -t tmpfs none /mnt").exit_code != 0
     assert docker_sandbox.exec("ip link add x type dummy 2>&1 || exit 1").exit_code != 0
 
 
 def test_docker_socket_is_never_mounted(docker_sandbox: DockerSandbox) -> None:
-    res = docker_sandbox.exec("ls /var/run/docker.sock /run/docker.sock 2>&1; mount | grep -c docker.sock")
+    res = docker_sandbox.exec(
+        "ls /var/run/docker.sock /run/docker.sock 2>&1; mount | grep -c docker.sock"
+    )
     assert "No such file" in res.stdout
     assert res.stdout.strip().endswith("0")
 
@@ -151,7 +157,7 @@ def _host_gateway_ip() -> str:
     return str(net.attrs["IPAM"]["Config"][0]["Gateway"])
 
 
-CONNECT = "python3 -c \"import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); print(s.recv(10).decode().strip())\""
+CONNECT = 'python3 -c "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); print(s.recv(10).decode().strip())"'
 
 
 def test_network_none_has_no_egress(docker_sandbox: DockerSandbox, host_listener: int) -> None:
@@ -174,7 +180,9 @@ def test_network_switches_while_running(docker_sandbox: DockerSandbox, host_list
     docker_sandbox.set_network(NetworkPolicy.NONE)
     off = docker_sandbox.exec(target, timeout=20)
     assert off.exit_code != 0
-    assert docker_sandbox.exec("pgrep -f 'sleep 600'").ok, "switching must not restart the container"
+    assert docker_sandbox.exec("pgrep -f 'sleep 600'").ok, (
+        "switching must not restart the container"
+    )
 
 
 def test_egress_passes_host_ca_bundle_for_pip(default_image: str) -> None:
@@ -199,14 +207,18 @@ def test_labels_and_gc_after_creator_sigkill(default_image: str, tmp_path: Path)
     from sandbox.reaper import gc
 
     script = tmp_path / "creator.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, signal, sys
         from sandbox import open_sandbox, SandboxSpec
         sb = open_sandbox(SandboxSpec(image={default_image!r}))
         print(sb.sandbox_id, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL
     sid = proc.stdout.strip()
     left = find_sandbox_containers(sid)
@@ -279,7 +291,9 @@ def test_llm_policy_reaches_only_the_model_port(default_image: str, host_listene
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        spec = SandboxSpec(image=default_image, network=NetworkPolicy.LLM, llm_endpoint=("127.0.0.1", port))
+        spec = SandboxSpec(
+            image=default_image, network=NetworkPolicy.LLM, llm_endpoint=("127.0.0.1", port)
+        )
         with open_sandbox(spec) as sb:
             assert sb.llm_address is not None
             gw, relay_port = sb.llm_address

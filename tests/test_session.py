@@ -1,0 +1,204 @@
+"""The contract engine end to end: runner_env.setup -> rollout -> evaluate, in real containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+import runner_env
+from runner.errors import ContractError
+from sandbox.engine import get_client
+from tests.contract_repos import make_repo
+
+pytestmark = pytest.mark.docker
+
+
+def _events(run_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def _host_reference_score(repo: Path, tmp_path: Path) -> dict[str, object]:
+    """What the predecessor did: the same stage scripts run directly on the host."""
+    work = tmp_path / "host_copy"
+    subprocess.run(["cp", "-a", str(repo), str(work)], check=True)
+    env = {
+        **os.environ,
+        "AIDER_FSM_REPO_ROOT": str(work),
+        "AIDER_FSM_ARTIFACTS_DIR": str(work / "art"),
+    }
+    (work / "art").mkdir()
+    for script in ("rollout", "evaluation"):
+        subprocess.run(["bash", f".aider_fsm/stages/{script}.sh"], cwd=work, env=env, check=True)
+    return dict(json.loads((work / ".aider_fsm" / "metrics.json").read_text()))
+
+
+def test_predecessor_contract_same_result_in_container(tmp_path: Path, default_image: str) -> None:
+    repo = make_repo(tmp_path / "repo")
+    expected = _host_reference_score(repo, tmp_path)
+    sess = runner_env.setup(repo)
+    roll = sess.rollout(llm="some-model", mode="smoke", require_samples=True, repair_iters=0)
+    assert roll.ok, roll.reason
+    assert roll.samples == 8
+    res = sess.evaluate(mode="smoke", repair_iters=0)
+    assert res.ok, res.reason
+    assert res.metrics == expected == {"ok": True, "score": 0.5, "n": 8}
+    assert res.metrics_path == repo / ".aider_fsm" / "metrics.json"
+    assert json.loads(res.metrics_path.read_text())["score"] == 0.5
+
+    run_dir = sess.artifacts_dir
+    sandbox_json = json.loads((run_dir / "sandbox.json").read_text())
+    assert sandbox_json["backend"] == "docker" and sandbox_json["container_id"]
+    assert sandbox_json["stages"]["bootstrap"]["network"] == "egress"
+    assert sandbox_json["stages"]["evaluation"]["network"] == "none"
+    kinds = [e["kind"] for e in _events(run_dir)]
+    assert "sandbox_opened" in kinds
+    states = [e["to_state"] for e in _events(run_dir) if e["kind"] == "transition"]
+    assert states == ["BOOTSTRAPPED", "DEPLOYED", "ROLLED_OUT", "EVALUATED", "CLOSED"]
+    # Predecessor file layout for per-command records.
+    roll_dir = run_dir / "env_api" / "rollout_attempt_01"
+    assert (roll_dir / "rollout_cmd01_try01_stdout.txt").exists()
+    assert json.loads((roll_dir / "rollout_summary.json").read_text())["ok"] is True
+    # The deploy service ran until teardown, which ran at the end of evaluate().
+    teardown = list(run_dir.glob("env_api/final_teardown/stage_files/teardown.txt"))
+    assert teardown, "teardown did not run in the sandbox"
+    # Nothing of ours is left running.
+    left = get_client().containers.list(
+        all=True, filters={"label": f"fsm-runner.run-id={sess.run_id}"}
+    )
+    assert left == []
+    # The host checkout was written only under .aider_fsm/.
+    assert (repo / "README.md").read_text() == "# target\n"
+    assert not (repo / "art").exists()
+
+
+def test_stale_metrics_never_pass(tmp_path: Path, default_image: str) -> None:
+    repo = make_repo(tmp_path / "repo", evaluation="echo 'evaluated nothing'\n")
+    stale = repo / ".aider_fsm" / "metrics.json"
+    stale.write_text(json.dumps({"ok": True, "score": 1.0}))
+    sess = runner_env.setup(repo)
+    res = sess.evaluate(llm="m", mode="smoke", repair_iters=0)
+    assert not res.ok
+    assert res.failed_stage == "metrics"
+    assert "metrics_file_missing" in res.reason
+    assert not stale.exists(), "the stale host copy must be removed, not left to mislead"
+
+
+def test_nan_reward_fails_with_line_number(tmp_path: Path, default_image: str) -> None:
+    rollout = """\
+    printf '%s\\n' '{"prompt":"p","completion":"c","reward":1}' '{"prompt":"p","completion":"c","reward":NaN}' > s.jsonl
+    echo '{"paths":{"samples_jsonl":"s.jsonl"}}' > .aider_fsm/rollout.json
+    """
+    repo = make_repo(tmp_path / "repo", rollout=rollout)
+    sess = runner_env.setup(repo)
+    with sess:
+        roll = sess.rollout(llm="m", require_samples=True, repair_iters=0)
+    assert not roll.ok
+    assert roll.failed_stage == "rollout"
+    assert ":2" in roll.reason and "reward" in roll.reason
+
+
+def test_missing_completion_fails_with_line_number(tmp_path: Path, default_image: str) -> None:
+    rollout = """\
+    printf '%s\\n' '{"prompt":"p","completion":"c","reward":1}' '{"prompt":"p","completion":"c","reward":0}' '{"prompt":"p","reward":0}' > s.jsonl
+    echo '{"paths":{"samples_jsonl":"s.jsonl"}}' > .aider_fsm/rollout.json
+    """
+    repo = make_repo(tmp_path / "repo", rollout=rollout)
+    with runner_env.setup(repo) as sess:
+        roll = sess.rollout(llm="m", require_samples=True, repair_iters=0)
+    assert not roll.ok and ":3" in roll.reason and "completion" in roll.reason
+
+
+def test_four_concurrent_sessions_on_one_repo(tmp_path: Path, default_image: str) -> None:
+    repo = make_repo(tmp_path / "repo")
+    results: list[tuple[bool, Path, object]] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        sess = runner_env.setup(repo)
+        sess.rollout(llm="m", require_samples=True, repair_iters=0)
+        res = sess.evaluate(repair_iters=0)
+        with lock:
+            results.append((res.ok, sess.artifacts_dir, res.metrics))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert len(results) == 4
+    assert all(ok for ok, _, _ in results), results
+    assert len({d for _, d, _ in results}) == 4
+    assert all(m == {"ok": True, "score": 0.5, "n": 8} for _, _, m in results)
+
+
+def test_failed_stage_is_a_result_with_reason(tmp_path: Path, default_image: str) -> None:
+    repo = make_repo(tmp_path / "repo", deploy_health="echo 'service is down' >&2; exit 7\n")
+    with runner_env.setup(repo) as sess:
+        roll = sess.rollout(llm="m", repair_iters=0)
+    assert not roll.ok
+    assert roll.failed_stage == "deploy_health"
+    assert "rc=7" in roll.reason and "service is down" in roll.reason
+    assert roll.verify.deploy_health is not None and roll.verify.deploy_health.failed_index == 0
+
+
+def test_policy_refusal_is_recorded_as_blocked(tmp_path: Path, default_image: str) -> None:
+    repo = make_repo(tmp_path / "repo", deploy_setup="", evaluation="")
+    (repo / "pipeline.yml").write_text(
+        "version: 1\nrollout:\n  run_cmds:\n    - docker run --privileged alpine\n"
+    )
+    with runner_env.setup(repo) as sess:
+        roll = sess.rollout(llm="m", repair_iters=0)
+    assert not roll.ok and roll.failed_stage == "rollout"
+    assert roll.verify.rollout is not None
+    assert roll.verify.rollout.results[0].rc == 126
+    assert "blocked" in roll.reason
+
+
+def test_bootstrap_runs_once_and_its_env_reaches_stages(tmp_path: Path, default_image: str) -> None:
+    evaluation = """\
+    test "$(wc -l < /tmp/bootstrap_count)" = 1
+    test "$GREETING" = "hello /workspace"
+    echo '{"ok": true, "score": 1}' > .aider_fsm/metrics.json
+    """
+    repo = make_repo(tmp_path / "repo", evaluation=evaluation)
+    sess = runner_env.setup(repo)
+    assert sess.rollout(llm="m", repair_iters=0).ok
+    res = sess.evaluate(repair_iters=0)
+    assert res.ok, res.reason
+
+
+def test_broken_pipeline_is_a_contract_error_with_line(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "pipeline.yml").write_text("version: 1\nrollout:\n  run_cmdz:\n    - echo hi\n")
+    with pytest.raises(ContractError) as info:
+        runner_env.setup(repo)
+    text = str(info.value)
+    assert "pipeline.yml:3" in text and "run_cmd" in text
+
+
+def test_bad_yaml_is_a_contract_error(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "pipeline.yml").write_text("version: 1\nrollout: [unclosed\n")
+    with pytest.raises(ContractError, match=r"pipeline\.yml:\d+"):
+        runner_env.setup(repo)
+
+
+def test_missing_contract_says_how_to_write_one(tmp_path: Path) -> None:
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    with pytest.raises(ContractError, match="fsm-runner init"):
+        runner_env.setup(repo)
+
+
+def test_local_backend_only_by_name(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    sess = runner_env.setup(repo, sandbox="local")
+    assert sess.rollout(llm="m", require_samples=True, repair_iters=0).ok
+    res = sess.evaluate(repair_iters=0)
+    assert res.ok and res.metrics == {"ok": True, "score": 0.5, "n": 8}
+    assert json.loads((sess.artifacts_dir / "sandbox.json").read_text())["backend"] == "local"
