@@ -84,12 +84,13 @@ _KEYWORDS = frozenset(
 _ASSIGN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=")
 _REDIR_RE = re.compile(r"\d*(?:&>>?|[<>]&|>>?\|?|<<<|<<-?|<>|<)(.*)", re.S)
 _HEREDOC_RE = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([^\s;&|<>()]+))")
-# A function definition with a short body (bounded quantifiers keep the search linear on
-# long commands); the body is then searched for the name piped into itself.
+# Fork bombs: a function definition whose short body pipes the name into itself. Found
+# from the literal `() {` / `function` so the search stays linear on long commands.
 _NAME = r"[^\s(){}|;&<>'\"]{1,64}"
-_FUNC_DEF_RE = re.compile(
-    rf"(?:\bfunction\s+({_NAME})\s*(?:\(\s*\))?|({_NAME})\s*\(\s*\))\s*\{{([^}}]{{0,200}})"
-)
+_DEF_PARENS_RE = re.compile(r"\(\s*\)\s*\{")
+_DEF_FUNCTION_RE = re.compile(rf"\bfunction\s+({_NAME})\s*(?:\(\s*\)\s*)?\{{")
+_NAME_BEFORE_RE = re.compile(rf"({_NAME})\s*$")
+_PLAIN_RUN_RE = re.compile(r"[^\\`$<>'\"#\n;&|() \t]+")
 _PY_INTERACTIVE_RE = re.compile(r"-[bBdEIOPqsSuv]*i")
 # Wrapper -> (its options that take a value, positional words before the wrapped command).
 _WRAPPERS: dict[str, tuple[str, int]] = {
@@ -237,6 +238,9 @@ def _split(text: str, ids: Iterator[int]) -> tuple[list[list[str]], dict[str, st
             cut(end_pipeline=not pipe and c not in "()")
             i += 2 if nxt == c or (pipe and nxt == "&") else 1
             word_start = True
+        elif run := _PLAIN_RUN_RE.match(text, i):  # ordinary characters, in one step
+            buf.append(run.group())
+            i, word_start = run.end(), False
         else:
             buf.append(c)
             word_start = c in " \t"
@@ -346,7 +350,7 @@ def _parse(text: str, ids: Iterator[int], depth: int = 0) -> _Parsed:
 
 
 def _root_target(arg: str) -> bool:
-    return re.sub(r"/+", "/", arg) in _ROOT_TARGETS
+    return (re.sub(r"/+", "/", arg).rstrip("/") or "/") in _ROOT_TARGETS
 
 
 def _rm_root(args: tuple[str, ...]) -> bool:
@@ -455,9 +459,15 @@ def _compile(patterns: Sequence[str | re.Pattern[str]], name: str) -> tuple[re.P
 
 
 def _fork_bomb(command: str) -> bool:
-    for m in _FUNC_DEF_RE.finditer(command):
-        name = re.escape(m.group(1) or m.group(2))
-        if re.search(rf"(?<![^\s;&|(]){name}\s*\|\s*{name}(?![^\s&;|)])", m.group(3)):
+    heads = [(m.group(1), m.end()) for m in _DEF_FUNCTION_RE.finditer(command)]
+    for m in _DEF_PARENS_RE.finditer(command):
+        before = _NAME_BEFORE_RE.search(command, max(0, m.start() - 80), m.start())
+        if before:
+            heads.append((before.group(1), m.end()))
+    for name, body_start in heads:
+        body = command[body_start : body_start + 200].split("}", 1)[0]
+        n = re.escape(name)
+        if re.search(rf"(?<![^\s;&|(]){n}\s*\|\s*{n}(?![^\s&;|)])", body):
             return True
     return False
 

@@ -127,6 +127,10 @@ class EnvSession:
             )
         )
         self._finalizer = weakref.finalize(self, _close_quietly, self.__dict__)
+        # Host secrets never reach stages (they get only what the runner passes), but any
+        # value that does leak into output is still masked in every file we write.
+        self.run_dir.add_secrets_from_env(os.environ)
+        self.run_dir.write_json("policy.json", self._policy.describe())
         self.run_dir.event(
             "session_created",
             repo=str(repo.path),
@@ -351,6 +355,7 @@ class EnvSession:
             "env_api/bootstrap/bootstrap.yml",
             (self.repo.path / ".aider_fsm" / "bootstrap.yml").read_text(errors="replace"),
         )
+        self.run_dir.add_secrets_from_env(applied)
         self.run_dir.write_json("env_api/bootstrap/bootstrap_env.json", applied)
         if spec.warnings:
             self.run_dir.write_json(

@@ -25,7 +25,9 @@ SECRET = "sk-abc123xyz"
 
 
 def all_bytes(root: Path) -> list[tuple[Path, bytes]]:
-    return [(p, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()]
+    return [
+        (p, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
+    ]
 
 
 def record(stdout: str = "out", **kw: object) -> CommandRecord:
@@ -51,7 +53,9 @@ def test_fifty_concurrent_creates_on_one_repo_get_distinct_dirs(tmp_path: Path) 
         assert r.path == base / r.run_id and r.path.is_dir()
 
 
-def test_create_retries_when_the_id_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_create_retries_when_the_id_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = iter(["20250101_000000_aaaaaa", "20250101_000000_aaaaaa", "20250101_000000_bbbbbb"])
     monkeypatch.setattr(artifacts, "new_run_id", lambda now=None: next(ids))
     first = RunDir.create(tmp_path, base=tmp_path / "runs")
@@ -126,23 +130,44 @@ def test_record_command_uses_the_predecessor_file_names(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path)
     d = run.subdir("env_api", "evaluation_attempt_01")
     run.record_command(d, "evaluation", 0, 0, "echo 1", record(stdout="first"))
-    run.record_command(d, "evaluation", 1, 1, "echo 2", record(stdout="second", exit_code=3, oom_killed=True))
+    run.record_command(
+        d, "evaluation", 1, 1, "echo 2", record(stdout="second", exit_code=3, oom_killed=True)
+    )
     run.write_stage_summary(d, "evaluation", ok=False, failed_index=1, total_results=2)
     names = {p.name for p in d.iterdir()}
-    expected = {f"evaluation_cmd{c}_try{t}_{s}" for c, t in (("01", "01"), ("02", "02"))
-                for s in ("cmd.txt", "stdout.txt", "stderr.txt", "result.json")}
+    expected = {
+        f"evaluation_cmd{c}_try{t}_{s}"
+        for c, t in (("01", "01"), ("02", "02"))
+        for s in ("cmd.txt", "stdout.txt", "stderr.txt", "result.json")
+    }
     expected |= {f"evaluation_{s}" for s in ("cmd.txt", "stdout.txt", "stderr.txt", "result.json")}
     assert names == expected | {"evaluation_summary.json"}
     assert (d / "evaluation_stdout.txt").read_text() == "second"  # the last command's copy
     assert (d / "evaluation_cmd01_try01_stdout.txt").read_text() == "first"
     result = json.loads((d / "evaluation_result.json").read_text())
-    assert result == {"rc": 3, "timed_out": False, "duration_s": 1.235, "oom_killed": True,
-                      "truncated": False, "blocked_reason": None}
-    assert list(result) == ["rc", "timed_out", "duration_s", "oom_killed", "truncated", "blocked_reason"]
+    assert result == {
+        "rc": 3,
+        "timed_out": False,
+        "duration_s": 1.235,
+        "oom_killed": True,
+        "truncated": False,
+        "blocked_reason": None,
+    }
+    assert list(result) == [
+        "rc",
+        "timed_out",
+        "duration_s",
+        "oom_killed",
+        "truncated",
+        "blocked_reason",
+    ]
     summary = json.loads((d / "evaluation_summary.json").read_text())
     assert summary == {"ok": False, "failed_index": 1, "total_results": 2}
     events = [json.loads(x) for x in (run.path / "events.jsonl").read_text().splitlines()]
-    assert [(e["kind"], e["index"], e["rc"]) for e in events] == [("command", 0, 0), ("command", 1, 3)]
+    assert [(e["kind"], e["index"], e["rc"]) for e in events] == [
+        ("command", 0, 0),
+        ("command", 1, 3),
+    ]
     assert events[0]["dir"] == "env_api/evaluation_attempt_01"
 
 
@@ -248,7 +273,11 @@ def test_list_runs_newest_first_with_status_tolerating_bad_lines(tmp_path: Path)
     (base / "20250104_000000_dddddd").write_text("a file, not a dir")
 
     runs = list_runs(tmp_path, base=base)
-    assert [r.run_id for r in runs] == ["20250103_120000_cccccc", "20250102_120000_bbbbbb", "20241231_235959"]
+    assert [r.run_id for r in runs] == [
+        "20250103_120000_cccccc",
+        "20250102_120000_bbbbbb",
+        "20241231_235959",
+    ]
     assert [(r.status, r.ok, r.events) for r in runs] == [
         ("CLOSED", True, 2),
         ("stage_start", False, 2),

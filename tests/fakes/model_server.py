@@ -7,7 +7,7 @@ and a test must control exactly what the "model" answers. It serves
   ``"stream": true`` (``data: {chunk}`` lines, then ``data: [DONE]``);
 * ``GET /v1/models``: one model.
 
-What it answers comes from a *script*: a string (the same reply every time), a list of
+What it answers comes from a *script*: one entry (the same reply every time), a list of
 entries consumed in order (a request past the end gets HTTP 500 ``script_exhausted``),
 or a callable that gets the request body and returns an entry. An entry is the assistant
 text, a message dict (``{"content": ..., "tool_calls": [...]}``), or :class:`Fail` for
@@ -67,8 +67,8 @@ class Fail:
 
 ScriptEntry = str | Mapping[str, Any] | Fail
 """Assistant text, a full assistant message (may carry ``tool_calls``), or a failure."""
-Script = str | Sequence[ScriptEntry] | Callable[[dict[str, Any]], ScriptEntry]
-"""A constant reply, replies in order, or a function of the request body."""
+Script = ScriptEntry | Sequence[ScriptEntry] | Callable[[dict[str, Any]], ScriptEntry]
+"""One entry answering every request, entries in order, or a function of the request body."""
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ class ScriptedModelServer:
 
     def _next_entry(self, body: dict[str, Any]) -> ScriptEntry:
         script = self._script
-        if isinstance(script, str):
+        if isinstance(script, str | Mapping | Fail):
             return script
         if callable(script):
             return script(body)

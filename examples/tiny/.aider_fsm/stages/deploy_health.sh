@@ -1,4 +1,5 @@
-# deploy.health: the service named in runtime_env.json must answer /health within 10s.
+# deploy.health: the service named in runtime_env.json must answer /health within
+# TINY_HEALTH_WAIT_SECONDS (default 10).
 set -euo pipefail
 "${AIDER_FSM_PYTHON:-python3}" - <<'PY'
 import json
@@ -12,7 +13,7 @@ with open(path) as fh:
     url = json.load(fh)["service"]["health_url"]
 # Loopback service: never go through a proxy the environment may name.
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-deadline = time.monotonic() + 10
+deadline = time.monotonic() + float(os.environ.get("TINY_HEALTH_WAIT_SECONDS") or 10)
 while True:
     try:
         with opener.open(url, timeout=2) as resp:
