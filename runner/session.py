@@ -236,12 +236,7 @@ class EnvSession:
     def _llm_env(self, sb: Sandbox, overrides: Mapping[str, str]) -> dict[str, str]:
         if self.llm is None:
             return {}
-        raw_base = (
-            overrides.get("OPENAI_API_BASE")
-            or overrides.get("OPENAI_BASE_URL")
-            or os.environ.get("OPENAI_API_BASE")
-            or os.environ.get("OPENAI_BASE_URL")
-        )
+        raw_base = _base_url(overrides)
         base_in_sandbox: str | None = None
         if raw_base:
             base_in_sandbox = normalise_base_url(raw_base)
@@ -253,12 +248,19 @@ class EnvSession:
         if api_key:
             self.run_dir.add_secret(api_key)
         model_dir = MODEL_DIR_IN_SANDBOX if self.llm.kind == "local_hf" else None
-        return llm_stage_env(
+        env = llm_stage_env(
             self.llm,
             base_url_in_sandbox=base_in_sandbox,
             api_key=api_key,
             model_dir_in_sandbox=model_dir,
         )
+        if sb.llm_address is not None:
+            # Model calls go to the relay directly, never through a proxy set for egress.
+            gateway = sb.llm_address[0]
+            for name in ("NO_PROXY", "no_proxy"):
+                current = overrides.get(name) or os.environ.get(name, "")
+                env[name] = ",".join(x for x in (current, gateway) if x)
+        return env
 
     def _run(
         self, name: str, p: _Pass, mode: str, overrides: Mapping[str, str]

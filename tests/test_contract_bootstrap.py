@@ -291,3 +291,12 @@ def test_actions_errors(tmp_path: Path, text: str, field: str | None, needle: st
     assert info.value.field == field
     assert needle in str(info.value)
     assert info.value.line is not None
+
+
+def test_bare_python_name_is_left_for_path_lookup() -> None:
+    from runner.contract import absolutize_env_paths
+
+    out = absolutize_env_paths({"AIDER_FSM_PYTHON": "python3"}, "/workspace")
+    assert out["AIDER_FSM_PYTHON"] == "python3"
+    out = absolutize_env_paths({"AIDER_FSM_PYTHON": ".venv/bin/python"}, "/workspace")
+    assert out["AIDER_FSM_PYTHON"] == "/workspace/.venv/bin/python"

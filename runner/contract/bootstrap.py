@@ -206,14 +206,17 @@ def expand_env(spec_env: Mapping[str, str], base_env: Mapping[str, str]) -> dict
 def absolutize_env_paths(applied: Mapping[str, str], repo_root: str) -> dict[str, str]:
     """Predecessor path rules for the applied bootstrap env, against ``repo_root``.
 
-    A relative ``AIDER_FSM_PYTHON`` becomes absolute *without* resolving symlinks (a
-    venv's python is a symlink; resolving it would leave the venv). Each relative,
+    A relative ``AIDER_FSM_PYTHON`` path becomes absolute *without* resolving symlinks (a
+    venv's python is a symlink; resolving it would leave the venv); a bare command name
+    such as ``python3`` is left for PATH lookup (the predecessor turned it into
+    ``<repo>/python3``, which broke every stage using it). Each relative,
     ``$``-free segment of ``PATH`` is made absolute; empty segments are kept.
     """
     root = PurePosixPath(repo_root)
     out = dict(applied)
     python = out.get("AIDER_FSM_PYTHON", "")
-    if python and not python.startswith("/") and "$" not in python:
+    # A bare name (``python3``) is a PATH lookup, not a file in the repo: only paths move.
+    if python and "/" in python and not python.startswith("/") and "$" not in python:
         out["AIDER_FSM_PYTHON"] = str(root / python)
     if "PATH" in out:
         out["PATH"] = ":".join(
