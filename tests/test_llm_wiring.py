@@ -51,7 +51,9 @@ def test_rollout_reaches_host_model_through_relay_only(tmp_path: Path, default_i
     with ScriptedModelServer(script="4") as server:
         overrides = {"OPENAI_API_BASE": server.url, "OPENAI_API_KEY": secret}
         sess = runner_env.setup(repo)
-        roll = sess.rollout(llm="gpt-test", require_samples=True, env_overrides=overrides, repair_iters=0)
+        roll = sess.rollout(
+            llm="gpt-test", require_samples=True, env_overrides=overrides, repair_iters=0
+        )
         assert roll.ok, roll.reason
         res = sess.evaluate(env_overrides=overrides, repair_iters=0)
         assert res.ok, res.reason
