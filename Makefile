@@ -39,6 +39,7 @@ lint: venv
 
 bench: setup
 	$(BIN)/python -m benchmarks.sandbox_overhead
+	$(BIN)/python -m benchmarks.session_overhead
 
 gc: venv
 	$(BIN)/fsm-runner gc

@@ -1,69 +1,160 @@
-"""The ``fsm-runner`` command: a thin layer over the same API the library exposes."""
+"""The ``fsm-runner`` command: a thin layer over the same API the library exposes.
+
+Exit codes: 0 success; 1 the run failed, or an error the user can fix (contract, engine,
+target), shown as one readable block; 2 a bad option or value, shown as one line;
+130 interrupted (the sandbox is removed first).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from runner.errors import RunnerError
+from rich.live import Live
+from rich.spinner import Spinner
+
+from runner.errors import ContractError, RunnerError
+from runner.report import (
+    CommandRow,
+    RunSummary,
+    command_row,
+    fmt_seconds,
+    load_run,
+    write_report,
+)
+from sandbox.errors import SandboxError as SandboxLayerError
+
+if TYPE_CHECKING:
+    from runner.session import EnvSession
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Run a repository's evaluation contract inside disposable, hardened containers.",
 )
 images_app = typer.Typer(no_args_is_help=True, help="The sandbox images (built offline).")
 app.add_typer(images_app, name="images")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
 
-
-def _plain() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or not sys.stderr.isatty()
-
-
-def _progress(msg: str) -> None:
-    err.print(f"[dim]·[/dim] {msg}", highlight=False, markup=False) if _plain() else err.print(
-        f"[cyan]·[/cyan] {msg}", highlight=False
-    )
+RepoDir = Annotated[
+    Path, typer.Argument(help="Repository root.", exists=True, file_okay=False, resolve_path=True)
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+_ERRORS = (RunnerError, SandboxLayerError)
 
 
 def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True)
+    """One readable block on stderr (a ContractError names file, line and field)."""
+    title = "invalid contract" if isinstance(exc, ContractError) else type(exc).__name__
+    err.print(f"[bold red]error[/bold red] ({title}):")
+    err.print("  " + str(exc).replace("\n", "\n  "), markup=False)
     return typer.Exit(code)
+
+
+# -- images, gc ----------------------------------------------------------------------
 
 
 @images_app.command("build")
 def images_build(
     image: Annotated[str | None, typer.Option(help="Check this local image instead.")] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Build (or confirm) the default image; instant when cached."""
-    from sandbox.errors import SandboxError
     from sandbox.images import ensure_image
 
+    style = "quiet" if quiet else view_style(err)
     try:
-        tag = ensure_image(image, progress=_progress)
-    except SandboxError as exc:
+        if style == "live":
+            with err.status("checking the default image") as status:
+                tag = ensure_image(image, progress=lambda m: status.update(m[:100]))
+        else:
+            tag = ensure_image(image, progress=None if quiet else _plain_line)
+    except SandboxLayerError as exc:
         raise _fail(exc) from exc
-    out.print(tag)
+    out.print(tag, markup=False)
+
+
+def _plain_line(msg: str) -> None:
+    err.print(msg, markup=False)
+
+
+def _fsm_images(label: str | None = None) -> list[Any]:
+    from sandbox.engine import LABEL_KIND, engine_errors, get_client
+
+    labels = [f"{LABEL_KIND}=image", *([label] if label else [])]
+    with engine_errors("list images"):
+        images: list[Any] = get_client().images.list(filters={"label": labels})
+    return sorted(images, key=lambda i: str(i.attrs.get("Created", "")), reverse=True)
 
 
 @images_app.command("list")
 def images_list() -> None:
-    """Images fsm-runner built (tag, size, created)."""
-    from sandbox.engine import LABEL_KIND, get_client
+    """Images fsm-runner built (tag, size, created); `*` marks the current default."""
+    from sandbox.images import default_image_tag
 
-    for img in get_client().images.list(filters={"label": f"{LABEL_KIND}=image"}):
-        tags = ", ".join(img.tags) or img.short_id
-        out.print(
-            f"{tags}\t{img.attrs.get('Size', 0) / 1e6:.0f} MB\t{img.attrs.get('Created', '')[:19]}"
-        )
+    try:
+        current = default_image_tag()
+        for img in _fsm_images():
+            mark = "*" if current in img.tags else " "
+            tags = ", ".join(img.tags) or img.short_id
+            size, created = img.attrs.get("Size", 0) / 1e6, str(img.attrs.get("Created", ""))
+            out.print(f"{mark} {tags}\t{size:.0f} MB\t{created[:19]}", markup=False)
+    except SandboxLayerError as exc:
+        raise _fail(exc) from exc
+
+
+@images_app.command("prune")
+def images_prune(
+    keep: Annotated[int, typer.Option(min=0, help="Also keep the N newest others.")] = 0,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
+    label: Annotated[
+        str | None, typer.Option(metavar="KEY=VALUE", help="Only images with this label too.")
+    ] = None,
+) -> None:
+    """Remove fsm-runner images except the current default (and the rootfs it is built on)."""
+    import docker.errors
+
+    from sandbox.engine import engine_errors, get_client
+    from sandbox.images import default_image_tag, rootfs_tag
+
+    try:
+        current = {default_image_tag(), rootfs_tag()}
+        old = [i for i in _fsm_images(label) if not current & set(i.tags)][keep:]
+        removed = 0
+        for img in old:
+            names = img.tags or [img.id]
+            if dry_run:
+                out.print(f"would remove {', '.join(names)}", markup=False)
+                continue
+            try:
+                with engine_errors(f"remove {names[0]}"):
+                    for name in names:  # untag each name; the last one deletes the image
+                        get_client().images.remove(name)
+                removed += 1
+            except SandboxLayerError as exc:
+                in_use = isinstance(exc.__cause__, docker.errors.APIError)
+                err.print(f"kept {names[0]}: {'in use' if in_use else exc}", markup=False)
+    except SandboxLayerError as exc:
+        raise _fail(exc) from exc
+    if not dry_run:
+        out.print(f"removed {removed} image(s); kept the current default {default_image_tag()}")
 
 
 @app.command()
@@ -75,11 +166,17 @@ def gc(
     """Remove containers and networks left behind by dead runs."""
     from sandbox.reaper import gc as run_gc
 
-    report = run_gc(include_live=all_)
+    try:
+        report = run_gc(include_live=all_)
+    except SandboxLayerError as exc:
+        raise _fail(exc) from exc
     out.print(
         f"removed {len(report.containers)} container(s), {len(report.networks)} network(s); "
         f"kept {report.kept_live} live"
     )
+
+
+# -- the contract: schema, validate, init --------------------------------------------
 
 
 @app.command()
@@ -87,21 +184,214 @@ def schema() -> None:
     """Print the JSON Schema of pipeline.yml (generated from the models)."""
     from runner.contract import pipeline_json_schema
 
-    out.print_json(json.dumps(pipeline_json_schema()))
+    print(json.dumps(pipeline_json_schema(), indent=2))
+
+
+def _check_contract(path: Path) -> list[str]:
+    """Load every contract file; return the stages that would run.
+
+    Raises:
+        ContractError: a file is missing or invalid (file:line: field: message).
+    """
+    from runner.contract import STAGE_NAMES, load_actions, load_bootstrap, load_pipeline
+
+    pipeline_path = path / "pipeline.yml"
+    if not pipeline_path.is_file():
+        raise ContractError("no pipeline.yml here; write one with `fsm-runner init`", file=path)
+    pipeline = load_pipeline(pipeline_path)
+    boot = load_bootstrap(path / ".aider_fsm" / "bootstrap.yml")
+    load_actions(path / ".aider_fsm" / "actions.yml")
+    return (["bootstrap"] if boot is not None else []) + [
+        n for n in STAGE_NAMES if pipeline.stage(n) is not None
+    ]
 
 
 @app.command()
-def validate(path: Annotated[Path, typer.Argument(help="Repository root.")] = Path(".")) -> None:
+def validate(path: RepoDir = Path(".")) -> None:
     """Check pipeline.yml and .aider_fsm/*.yml without running anything."""
-    from runner.contract import load_actions, load_bootstrap, load_pipeline
-
     try:
-        load_pipeline(path / "pipeline.yml")
-        load_bootstrap(path / ".aider_fsm" / "bootstrap.yml")
-        load_actions(path / ".aider_fsm" / "actions.yml")
+        stages = _check_contract(path)
     except RunnerError as exc:
         raise _fail(exc) from exc
-    out.print(f"{path}: contract OK")
+    out.print(f"{path}: contract OK; stages: {', '.join(stages) or 'none'}", markup=False)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Repository root (created if missing).")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite existing contract files.")] = False,
+) -> None:
+    """Write a commented starter contract that runs as is; then fill in the TODOs."""
+    existing = [rel for rel in STARTER_FILES if (path / rel).exists()]
+    if existing and not force:
+        err.print(f"error: {', '.join(existing)} already exist in {path} (use --force)")
+        raise typer.Exit(1)
+    for rel, text in STARTER_FILES.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_text(text)
+    stages = _check_contract(path)  # valid by construction; a failure here is our bug
+    out.print(f"wrote {len(STARTER_FILES)} files in {path}; stages: {', '.join(stages)}")
+    out.print(f"next: fsm-runner validate {path} && fsm-runner run {path}", markup=False)
+
+
+# -- progress: live table, plain lines, or nothing ----------------------------------
+
+_STAGE_LINE = re.compile(r"^(?:stage )?(\w+) \((\d+) command\(s\), network=(\w+)\)$")
+_CMD_LINE = re.compile(r"^(\w+) \[\d+/\d+\] \$ (.*)$", re.DOTALL)
+_ORDER = (
+    "bootstrap", "auth", "tests", "deploy_setup", "deploy_health", "rollout", "evaluation",
+    "benchmark", "deploy_teardown",
+)  # fmt: skip
+Style = Literal["live", "plain", "quiet"]
+
+
+def view_style(console: Console) -> Style:
+    """A live view only where someone watches: a terminal, and not CI."""
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    return "live" if console.is_terminal and not ci else "plain"
+
+
+@dataclass
+class _Row:
+    state: str = "waiting"
+    network: str = ""
+    started: float | None = None
+    duration: float | None = None
+    line: str = ""
+    spinner: Spinner = field(default_factory=lambda: Spinner("dots", text="running"))
+
+
+def _last_output(cmd: CommandRow, run_dir: Path) -> str:
+    """The last non-blank line a finished command printed (stderr first when it failed)."""
+    kinds = ("stdout", "stderr") if cmd.rc == 0 else ("stderr", "stdout")
+    for kind in kinds:
+        try:
+            with open(cmd.log(run_dir, kind), "rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - 2048))
+                lines = fh.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            continue
+        if lines:
+            return lines[-1].strip()[:200]
+    return ""
+
+
+class StageView:
+    """Progress of a run, built on the session's ``progress`` lines and its events.jsonl.
+
+    The lines say when a stage or a command starts; the events, read as they are
+    appended, say when a stage ends, how long it took and what its command printed.
+    """
+
+    def __init__(self, console: Console, style: Style) -> None:
+        self.console, self.style = console, style
+        self.rows: dict[str, _Row] = {}
+        self.note = ""
+        self._t0 = time.monotonic()
+        self._lock = threading.RLock()
+        self._run_dir: Path | None = None
+        self._offset = 0
+        self._live: Live | None = None
+        self._title = ""
+
+    def begin(self, sess: EnvSession) -> None:
+        """Attach to the session's run dir; list the stages its contract will run."""
+        self._run_dir = sess.artifacts_dir
+        for name in _ORDER:
+            if sess.bootstrap_spec if name == "bootstrap" else sess.pipeline.stage(name):  # type: ignore[arg-type]
+                self.rows[name] = _Row()
+        self._title = f"fsm-runner · {sess.repo.path} · run {sess.run_id}"
+        if self.style == "live":
+            self._live = Live(self, console=self.console, refresh_per_second=8, transient=True)
+            self._live.start()
+        elif self.style == "plain":
+            self._say(self._title)
+
+    def end(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        with self._lock:
+            self._poll()
+
+    def __call__(self, msg: str) -> None:
+        with self._lock:
+            self._poll()
+            if m := _STAGE_LINE.match(msg):
+                self.rows[m[1]] = _Row("running", m[3], time.monotonic())
+            elif m := _CMD_LINE.match(msg):
+                self.rows.setdefault(m[1], _Row()).line = f"$ {m[2]}"
+            else:
+                self.note = msg
+            if self.style == "plain":
+                self._say(msg)
+
+    def _say(self, msg: str) -> None:
+        self.console.print(f"[{time.monotonic() - self._t0:6.1f}s] {msg}", markup=False)
+
+    def _poll(self) -> None:
+        """Apply the events appended since the last call (whole lines only)."""
+        if self._run_dir is None:
+            return
+        try:
+            with open(self._run_dir / "events.jsonl", "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except OSError:
+            return
+        whole = data[: data.rfind(b"\n") + 1]
+        self._offset += len(whole)
+        for raw in whole.splitlines():
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(ev, dict) or ev.get("kind") not in ("command", "stage_end"):
+                continue
+            row = self.rows.setdefault(str(ev.get("stage")), _Row())
+            if ev["kind"] == "command":
+                row.line = _last_output(command_row(ev), self._run_dir) or row.line
+                continue
+            row.state = "ok" if ev.get("ok") is True else "failed"
+            row.duration = ev.get("duration_s") if isinstance(ev.get("duration_s"), float) else None
+            if self.style == "plain":
+                why = f": {ev.get('reason')}" if ev.get("reason") else ""
+                self._say(f"{ev.get('stage')} {row.state} in {fmt_seconds(row.duration)}{why}")
+
+    def __rich__(self) -> Table:
+        with self._lock:
+            self._poll()
+            now = time.monotonic()
+            table = Table(title=self._title, title_justify="left", box=None, header_style="bold")
+            table.add_column("stage")
+            table.add_column("state", min_width=10)
+            table.add_column("time", justify="right")
+            table.add_column("network")
+            table.add_column("last line", overflow="ellipsis", no_wrap=True, max_width=70)
+            styles = {"ok": "green", "failed": "bold red", "waiting": "dim"}
+            for name, row in self.rows.items():
+                took = row.duration if row.state != "running" else now - (row.started or now)
+                state = row.spinner if row.state == "running" else row.state
+                table.add_row(
+                    name, state, fmt_seconds(took), row.network, row.line,
+                    style=styles.get(row.state, ""),
+                )  # fmt: skip
+            table.caption = f"{self.note[:100]}  ({fmt_seconds(now - self._t0)})"
+            table.caption_justify = "left"
+            return table
+
+
+# -- run -----------------------------------------------------------------------------
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Cleanup after Ctrl-C must finish: a second Ctrl-C would leave the container."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @app.command()
@@ -110,50 +400,259 @@ def run(
         str, typer.Argument(help="Local path, git URL[@ref], owner/repo, or HF dataset URL.")
     ],
     llm: Annotated[str, typer.Option(help="Model id, or a local model directory.")] = "none",
-    mode: Annotated[str, typer.Option(help="smoke | full")] = "smoke",
-    repair_iters: Annotated[int, typer.Option(min=0)] = 0,
-    require_samples: Annotated[bool, typer.Option()] = False,
-    sandbox: Annotated[str, typer.Option(help="docker | local")] = "docker",
+    mode: Annotated[Literal["smoke", "full"], typer.Option()] = "smoke",
+    repair_iters: Annotated[int, typer.Option(min=0, help="Agent repairs per call.")] = 0,
+    require_samples: Annotated[bool, typer.Option(help="Check the samples JSONL.")] = False,
+    sandbox: Annotated[Literal["docker", "local"], typer.Option()] = "docker",
     image: Annotated[str | None, typer.Option(help="A local image instead of the default.")] = None,
-    network: Annotated[str | None, typer.Option(help="Network cap: none | llm | egress.")] = None,
+    network: Annotated[
+        Literal["none", "llm", "egress"] | None, typer.Option(help="Cap on every stage's network.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON result object.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """setup + rollout + evaluate; exit code 0 only when the evaluation is ok."""
     import runner_env
 
-    if mode not in ("smoke", "full"):
-        raise _fail(ValueError(f"--mode {mode!r} is not one of: smoke, full"), 2)
-    options: dict[str, Any] = {"sandbox": sandbox, "image": image, "network": network}
+    view = StageView(err, "quiet" if quiet else view_style(err))
+    sess: EnvSession | None = None
     try:
-        sess = runner_env.setup(target, progress=None if as_json else _progress, **options)
-        with sess:
+        sess = runner_env.setup(
+            target, progress=view, sandbox=sandbox, image=image, network=network
+        )
+        view.begin(sess)
+        try:
             roll = sess.rollout(
                 llm=llm, mode=mode, require_samples=require_samples, repair_iters=repair_iters
             )
-            res: Any = sess.evaluate(mode=mode, repair_iters=repair_iters) if roll.ok else roll
-    except (RunnerError, ValueError) as exc:
-        raise _fail(exc, 2 if isinstance(exc, ValueError) else 1) from exc
-    summary = {
-        "ok": bool(res.ok),
-        "failed_stage": res.failed_stage,
-        "reason": res.reason,
-        "metrics": getattr(res, "metrics", None),
-        "run_id": sess.run_id,
-        "artifacts_dir": str(sess.artifacts_dir),
-    }
+            if roll.ok:
+                sess.evaluate(mode=mode, repair_iters=repair_iters)
+        finally:
+            view.end()
+    except KeyboardInterrupt:
+        err.print("interrupted: removing the sandbox", markup=False)
+        _json_error(as_json, "interrupted")
+        raise typer.Exit(130) from None
+    except ValueError as exc:
+        if isinstance(exc, ContractError):
+            _json_error(as_json, str(exc))
+            raise _fail(exc) from exc
+        err.print(f"fsm-runner run: error: {exc}", markup=False)
+        raise typer.Exit(2) from exc
+    except _ERRORS as exc:
+        _json_error(as_json, str(exc))
+        raise _fail(exc) from exc
+    finally:
+        if sess is not None:
+            with _sigint_ignored():
+                sess.close()
+    summary = load_run(sess.artifacts_dir)
+    report = write_report(sess.artifacts_dir)
     if as_json:
-        print(json.dumps(summary))
+        print(json.dumps(_summary_json(summary, report)))
     else:
-        colour = "green" if res.ok else "red"
-        out.print(f"[bold {colour}]ok={res.ok}[/bold {colour}]  metrics={summary['metrics']}")
-        if not res.ok:
-            out.print(f"failed stage: {res.failed_stage}: {res.reason}", markup=False)
-        out.print(f"artifacts: {sess.artifacts_dir}", markup=False)
-    raise typer.Exit(0 if res.ok else 1)
+        _print_summary(summary, out)
+        out.print(f"report: {report}", markup=False)
+    raise typer.Exit(0 if summary.ok else 1)
 
 
-def main() -> None:
-    app()
+def _json_error(as_json: bool, message: str) -> None:
+    if as_json:
+        print(json.dumps({"ok": False, "error": message}))
+
+
+def _summary_json(s: RunSummary, report: Path | None = None) -> dict[str, Any]:
+    return {
+        "ok": bool(s.ok),
+        "failed_stage": s.failed_stage,
+        "reason": s.reason,
+        "score": s.score,
+        "metrics": s.metrics,
+        "samples": s.samples,
+        "run_id": s.run_id,
+        "artifacts_dir": str(s.path),
+        "report": str(report) if report else None,
+        "duration_s": s.duration_s,
+        "stages": [
+            {"stage": r.stage, "ok": r.ok, "duration_s": r.duration_s, "network": r.network}
+            for r in s.stages
+        ],
+    }
+
+
+def _print_summary(s: RunSummary, console: Console) -> None:
+    """Stage table, result line and, on failure, where it failed and its logs."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("stage", "result", "time", "network", "commands"):
+        table.add_column(col)
+    for row in s.stages:
+        style = {True: "green", False: "bold red", None: "yellow"}[row.ok]
+        table.add_row(
+            row.stage,
+            f"[{style}]{row.status}[/{style}]",
+            fmt_seconds(row.duration_s),
+            row.network or "-",
+            str(len(row.commands)),
+        )
+    console.print(table)
+    score = "" if s.score is None else f" · score {s.score:g}"
+    samples = "" if s.samples is None else f" · {s.samples} samples"
+    verdict = {True: "[bold green]ok[/]", False: "[bold red]FAILED[/]", None: "[yellow]unfinished[/]"}
+    console.print(f"{verdict[s.ok]}{score}{samples} · {fmt_seconds(s.duration_s)} · run {s.run_id}")
+    row = s.failed_row
+    if s.ok is False or row is not None:
+        console.print(f"failed at {s.failed_stage or (row.stage if row else '?')}: {s.reason}", markup=False)
+    if row is not None and row.commands:
+        last = row.commands[-1]
+        console.print(f"  command: {last.cmd}  ({last.outcome})", markup=False)
+        for kind in ("stderr", "stdout"):
+            log = last.log(s.path, kind)
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
+            console.print(f"  {kind}: {log}", markup=False)
+            for line in tail:
+                console.print(f"    | {line}", markup=False, style="dim")
+    for path in s.error_files:
+        console.print(f"  contract error: {path}", markup=False)
+    console.print(f"run dir: {s.path}", markup=False)
+
+
+# -- past runs -----------------------------------------------------------------------
+
+
+@app.command()
+def runs(
+    path: RepoDir = Path("."),
+    limit: Annotated[int, typer.Option(min=1, help="Newest N runs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """Past runs of a repository, newest first: status, score, duration."""
+    from runner.artifacts import list_runs
+
+    infos = list_runs(path)[:limit]
+    summaries = [load_run(info.path) for info in infos]
+    if as_json:
+        print(json.dumps([_summary_json(s) for s in summaries]))
+        return
+    if not infos:
+        out.print(f"no runs under {path / '.aider_fsm' / 'artifacts'}", markup=False)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("run id", "started (UTC)", "state", "result", "score", "duration", "failed at"):
+        table.add_column(col)
+    for info, s in zip(infos, summaries, strict=True):
+        result = {True: "[green]ok[/]", False: "[red]failed[/]", None: "-"}[info.ok]
+        table.add_row(
+            info.run_id,
+            info.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            info.status,
+            result,
+            "-" if s.score is None else f"{s.score:g}",
+            fmt_seconds(s.duration_s),
+            s.failed_stage or "",
+        )
+    out.print(table)
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'latest'.")],
+    repo: Annotated[
+        Path, typer.Option(help="Repository root.", exists=True, file_okay=False, resolve_path=True)
+    ] = Path("."),
+) -> None:
+    """One run: stage table, where it failed, paths to logs; writes its report.md."""
+    from runner.artifacts import list_runs
+
+    ids = [info.run_id for info in list_runs(repo)]
+    found = ids[:1] if run_id == "latest" else [i for i in ids if i.startswith(run_id)]
+    if len(found) != 1:
+        what = "matches several runs" if found else "matches no run"
+        raise typer.BadParameter(f"{run_id!r} {what} under {repo} (see: fsm-runner runs {repo})")
+    run_dir = repo / ".aider_fsm" / "artifacts" / found[0]
+    summary = load_run(run_dir)
+    _print_summary(summary, out)
+    out.print(f"report: {write_report(run_dir)}", markup=False)
+
+
+# -- doctor --------------------------------------------------------------------------
+
+
+def _opencode() -> tuple[str | None, str]:
+    """Where the OpenCode binary is: FSM_OPENCODE_BIN, PATH, or the project's .tools/."""
+    env = os.environ.get("FSM_OPENCODE_BIN")
+    if env:
+        ok = os.access(env, os.X_OK) and Path(env).is_file()
+        return (env if ok else None), f"FSM_OPENCODE_BIN={env}"
+    tools = Path(__file__).resolve().parents[1] / ".tools"
+    for cand in (shutil.which("opencode"), tools / "node_modules/.bin/opencode", tools / "bin/opencode"):
+        if cand and os.access(cand, os.X_OK):
+            return str(cand), "found"
+    return None, "not on PATH, FSM_OPENCODE_BIN or .tools/"
+
+
+@app.command()
+def doctor() -> None:
+    """Check what runs need: engine, default image, disk space, OpenCode (with the fixes)."""
+    from sandbox.engine import engine_errors, get_client
+    from sandbox.errors import ENGINE_FIX_COMMAND
+    from sandbox.images import cache_dir, default_image_tag, image_exists
+
+    checks: list[tuple[str, str, str, str]] = []  # (mark, what, detail, fix)
+    root = str(cache_dir())
+    try:
+        client = get_client()
+        with engine_errors("engine info"):
+            info: dict[str, Any] = client.info()
+        checks.append(("ok", "Docker engine", f"reachable (server {info.get('ServerVersion')})", ""))
+        root = str(info.get("DockerRootDir") or root)
+        tag = default_image_tag()
+        built = image_exists(tag)
+        checks.append(
+            ("ok", "default image", f"{tag} built", "")
+            if built
+            else ("fail", "default image", f"{tag} not built", "fsm-runner images build")
+        )
+    except SandboxLayerError as exc:
+        detail = str(getattr(exc, "detail", exc)).splitlines()[0]
+        checks.append(("fail", "Docker engine", detail, ENGINE_FIX_COMMAND))
+    where = root if os.path.isdir(root) else str(cache_dir())
+    free = shutil.disk_usage(where).free / 1e9
+    mark = "fail" if free < 2 else "warn" if free < 10 else "ok"
+    fix = "fsm-runner gc && fsm-runner images prune" if mark != "ok" else ""
+    checks.append((mark, "disk space", f"{free:.1f} GB free in {where}", fix))
+    binary, how = _opencode()
+    checks.append(
+        ("ok", "OpenCode", f"{binary} ({how})", "")
+        if binary
+        else ("warn", "OpenCode", f"{how}; needed only to scaffold or repair contracts",
+              "npm install --prefix .tools opencode-ai   # or set FSM_OPENCODE_BIN")
+    )  # fmt: skip
+    glyph = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[bold red]✗[/]"}
+    for mark, what, detail, fix in checks:
+        out.print(f"{glyph[mark]} {what:<14} {detail}", highlight=False)
+        if fix:
+            out.print(f"    fix: {fix}", markup=False)
+    raise typer.Exit(1 if any(c[0] == "fail" for c in checks) else 0)
+
+
+# -- entry point ---------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the app; a usage error becomes one line on stderr and exit code 2."""
+    try:
+        code = app(args=argv, prog_name="fsm-runner", standalone_mode=False)
+    except typer.TyperException as exc:
+        exit_code = int(getattr(exc, "exit_code", 1))
+        if type(exc).__name__ != "NoArgsIsHelpError":  # typer printed the help already
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            message = exc.format_message().replace("Value error, ", "")
+            err.print(f"fsm-runner: error: {message}{where}", markup=False)
+        sys.exit(exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,29 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 """Fixed output files each stage must write afresh (metrics paths come from the pipeline)."""
 
+FIXED_OUTPUTS = tuple(
+    f"{AIDER_DIR}/{name}"
+    for name in (
+        "runtime_env.json",
+        "rollout.json",
+        "metrics.json",
+        "hints_used.json",
+        "hints_run.json",
+    )
+)
+"""The predecessor's fixed-path outputs: never copied into a sandbox from the host."""
 
-def clear_in_sandbox(sandbox: Sandbox, rel_paths: tuple[str, ...]) -> None:
-    """Remove old outputs inside the sandbox so only this run's files can pass."""
-    if not rel_paths:
-        return
-    quoted = " ".join(shlex.quote(p) for p in rel_paths)
-    sandbox.exec(f"rm -f -- {quoted}", timeout=30)
+
+def housekeeping(artifacts_dir: str, stale_outputs: tuple[str, ...]) -> str:
+    """Shell run before a stage's first command: its artifacts dir exists, old outputs are gone.
+
+    Removing outputs first is what makes them fresh: a stage that exits 0 without writing
+    its output can never pass on a previous run's file.
+    """
+    parts = [f"mkdir -p -- {shlex.quote(artifacts_dir)}"]
+    if stale_outputs:
+        parts.append("rm -f -- " + " ".join(shlex.quote(p) for p in stale_outputs))
+    return " && ".join(parts)
 
 
 def read_output(sandbox: Sandbox, rel_path: str, limit: int = MAX_JSON_OUTPUT) -> bytes | None:

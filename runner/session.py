@@ -33,8 +33,9 @@ from runner.llm import (
     sandbox_endpoint,
 )
 from runner.outputs_io import (
+    FIXED_OUTPUTS,
     STAGE_OUTPUTS,
-    clear_in_sandbox,
+    housekeeping,
     read_output,
     to_sandbox_rel,
     write_host_output,
@@ -207,6 +208,8 @@ class EnvSession:
                 else {}
             ),
             labels={"fsm-runner.run-id": self.run_id},
+            # Outputs of earlier runs never enter the sandbox: only this run's can pass.
+            exclude=(*SandboxSpec.exclude, *FIXED_OUTPUTS),
         )
         self._say(f"opening {self.options.backend} sandbox for {self.repo.path}")
         try:
@@ -263,7 +266,12 @@ class EnvSession:
         return env
 
     def _run(
-        self, name: str, p: _Pass, mode: str, overrides: Mapping[str, str]
+        self,
+        name: str,
+        p: _Pass,
+        mode: str,
+        overrides: Mapping[str, str],
+        clear: tuple[str, ...] = (),
     ) -> StageResult | None:
         spec = self.pipeline.stage(name)  # type: ignore[arg-type]
         if spec is None:
@@ -311,18 +319,18 @@ class EnvSession:
                 wanted, _net(sec.network if sec else None), self.options.network_cap
             )
             plan = dataclasses.replace(plan, network=capped)
-        for rel in STAGE_OUTPUTS.get(name, ()):
-            clear_in_sandbox(sb, (rel,))
         self._record_stage_network(name, plan.network.value)
         self._say(f"stage {name} ({len(plan.cmds)} command(s), network={plan.network.value})")
-        result = self._exec_stage(sb, plan, p)
+        result = self._exec_stage(sb, plan, p, (*STAGE_OUTPUTS.get(name, ()), *clear))
         setattr(p.verify, name, result)
         if not result.ok:
             p.verify.fail(name)
         return result
 
-    def _exec_stage(self, sb: Sandbox, plan: StagePlan, p: _Pass) -> StageResult:
-        sb.exec(f"mkdir -p '{p.sandbox_dir}'", timeout=30)
+    def _exec_stage(
+        self, sb: Sandbox, plan: StagePlan, p: _Pass, clear: tuple[str, ...] = ()
+    ) -> StageResult:
+        prelude = housekeeping(p.sandbox_dir, clear)
         try:
             return run_stage(
                 sb,
@@ -331,6 +339,7 @@ class EnvSession:
                 run_dir=self.run_dir,
                 record_dir=p.host_dir,
                 progress=self._say,
+                prelude=prelude,
             )
         except SandboxLayerError as exc:
             raise RunnerSandboxError(f"stage {plan.name}: {exc}") from exc
@@ -627,9 +636,15 @@ class EnvSession:
         required = list(ev.required_keys) if ev and ev.required_keys else []
         if self.options.require_metrics and "ok" not in required:
             required.append("ok")
-        sb = self._require_sandbox()
-        clear_in_sandbox(sb, (metrics_rel,))
-        res = self._run("evaluation", p, mode, overrides)
+        if self.pipeline.stage("evaluation") is None:
+            if self.options.require_metrics:
+                result.reason = (
+                    "pipeline.yml has no evaluation commands, so no metrics can be produced"
+                )
+                p.verify.fail("evaluation")
+                return False
+            return True
+        res = self._run("evaluation", p, mode, overrides, clear=(metrics_rel,))
         if res is not None and not res.ok:
             return False
         metrics = self._collect_metrics(p, metrics_rel, required, "evaluation", result)
@@ -640,9 +655,9 @@ class EnvSession:
         bench = self.pipeline.benchmark
         if bench is not None and bench.commands:
             bench_rel = bench.metrics_path
-            if bench_rel:
-                clear_in_sandbox(sb, (bench_rel,))
-            bres = self._run("benchmark", p, mode, overrides)
+            bres = self._run(
+                "benchmark", p, mode, overrides, clear=(bench_rel,) if bench_rel else ()
+            )
             if bres is not None and not bres.ok:
                 return False
             if (

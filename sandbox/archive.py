@@ -155,6 +155,14 @@ def check_member(member: tarfile.TarInfo) -> None:
         raise UnsafeArchive(name, f"unsupported member type {member.type!r}")
 
 
+def check_member_kind(name: str, kind: str, link_target: str = "") -> None:
+    """``check_member`` for an entry described without a TarInfo (host-side copies)."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE if kind == "link" else tarfile.REGTYPE
+    info.linkname = link_target
+    check_member(info)
+
+
 def safe_extract(archive: IO[bytes], dest: Path, *, strip_top: bool = False) -> list[str]:
     """Extract ``archive`` into ``dest`` after checking every member; return names written.
 

@@ -82,8 +82,9 @@ class SandboxSpec:
     """host path -> container path, mounted read-only (model dirs, CA bundle)."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels (e.g. run id) on every object we create."""
-    exclude: tuple[str, ...] = (".git", ".venv", "__pycache__", ".aider_fsm/artifacts")
-    """Path parts not copied into the workspace."""
+    exclude: tuple[str, ...] = (".venv", "__pycache__", ".aider_fsm/artifacts")
+    """Path parts not copied into the workspace. ``.git`` is copied: installs such as
+    setuptools-scm read it, and the container's copy can never write the host's."""
 
 
 @runtime_checkable

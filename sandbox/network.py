@@ -30,6 +30,17 @@ from .relay import TcpRelay
 EGRESS_NETWORK = "fsm-runner-egress"
 
 
+_egress_id: str | None = None
+
+
+def _egress_network_id(client: docker.DockerClient) -> str:
+    """The egress network's id, looked up once per process (switching is on the hot path)."""
+    global _egress_id
+    if _egress_id is None:
+        _egress_id = str(ensure_egress_network(client).id)
+    return _egress_id
+
+
 def ensure_egress_network(client: docker.DockerClient) -> Any:
     """The shared egress bridge, created once (labelled so ``images/gc`` tools can see it)."""
     with engine_errors("list networks"):
@@ -83,29 +94,34 @@ class NetworkSwitch:
             self._ensure_llm_network()
 
     def apply(self, policy: NetworkPolicy) -> None:
+        """Attach exactly what ``policy`` allows; low-level calls by name (no inspects)."""
         if policy == self.policy:
             return
         self._detach_all()
         if policy == NetworkPolicy.EGRESS:
-            net = ensure_egress_network(self._client)
-            with engine_errors("connect egress network"):
-                net.connect(self._container)
-            self.attached = {net.name}
+            try:
+                self._connect(_egress_network_id(self._client), "egress")
+            except SandboxError:  # removed behind our back (engine reset): look it up again
+                global _egress_id
+                _egress_id = None
+                self._connect(_egress_network_id(self._client), "egress")
         elif policy == NetworkPolicy.LLM:
-            net = self._ensure_llm_network()
-            with engine_errors("connect llm network"):
-                net.connect(self._container)
-            self.attached = {net.name}
-        else:
-            with engine_errors("connect none network"):
-                self._client.networks.get("none").connect(self._container)
-            self.attached = {"none"}
+            self._connect(self._ensure_llm_network().id, "llm")
+        # NONE: with every network disconnected only loopback is left, which is what the
+        # engine's "none" mode gives; reconnecting "none" would cost a call for nothing.
         self.policy = policy
+
+    def _connect(self, net_id: str, label: str) -> None:
+        with engine_errors(f"connect {label} network"):
+            self._client.api.connect_container_to_network(self._container.id, net_id)
+        self.attached = {net_id}
 
     def _detach_all(self) -> None:
         for name in sorted(self.attached):
             with engine_errors(f"disconnect network {name}"):
-                self._client.networks.get(name).disconnect(self._container, force=True)
+                self._client.api.disconnect_container_from_network(
+                    self._container.id, name, force=True
+                )
         self.attached = set()
 
     def _ensure_llm_network(self) -> Any:

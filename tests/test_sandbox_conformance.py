@@ -16,9 +16,15 @@ import pytest
 from sandbox import NetworkPolicy, Sandbox, SandboxClosed, SandboxSpec, UnsafeArchive, open_sandbox
 
 
-@pytest.fixture(params=["docker", "local"])
-def sb(request: pytest.FixtureRequest, repo_dir: Path) -> Iterator[Sandbox]:
+@pytest.fixture(params=["docker", "docker-archive", "local"])
+def sb(
+    request: pytest.FixtureRequest, repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Sandbox]:
     backend = request.param
+    if backend == "docker-archive":
+        # The portable path (non-root / remote engine): copy and read through the archive API.
+        monkeypatch.setenv("FSM_RUNNER_WORKSPACE_COPY", "archive")
+        backend = "docker"
     if backend == "docker":
         request.applymarker(pytest.mark.docker)
         image = request.getfixturevalue("default_image")

@@ -1,0 +1,164 @@
+"""What runs on a worker (a pool process or a Dask worker thread): one job, start to end.
+
+A job never raises: its stage failures, bad input and broken infrastructure all come
+back as a ``JobResult``. Only infrastructure errors are retried (with backoff, a fresh
+session each time): a failed stage is the job's verdict and running it again would
+only hide flakiness in the target. ``UnsafeArchive`` is a sandbox error too, but it is
+the target misbehaving, not the engine, so it is never retried either.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from runner.batch.admission import host_slot, machine_capacity
+from runner.batch.jobs import Job
+from runner.batch.results import JobResult
+from runner.errors import RunnerError
+from runner.results import EvaluationResult, RolloutResult
+from runner.setup import setup
+from sandbox.errors import SandboxError as SandboxLayerError
+from sandbox.errors import UnsafeArchive
+
+__all__ = ["RetryPolicy", "init_pool_worker", "is_infra_error", "run_job"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for infrastructure errors: ``attempts`` in all, waits from ``initial_s`` doubling up to ``max_s``."""
+
+    attempts: int = 3
+    initial_s: float = 2.0
+    max_s: float = 30.0
+
+
+def is_infra_error(exc: BaseException) -> bool:
+    """Engine unreachable, image missing, container died: worth another try."""
+    return isinstance(exc, SandboxLayerError) and not isinstance(exc, UnsafeArchive)
+
+
+def _describe(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0] if first else ''}".rstrip(": ")
+
+
+def _run_once(job: Job) -> dict[str, Any]:
+    sess = setup(job.target, **job.options.setup_kwargs())
+    env = dict(job.env) or None
+    with sess:
+        roll = sess.rollout(
+            llm=job.llm,
+            mode=job.mode,
+            require_samples=job.require_samples,
+            env_overrides=env,
+            repair_iters=job.repair_iters,
+        )
+        res: RolloutResult | EvaluationResult = (
+            sess.evaluate(mode=job.mode, env_overrides=env, repair_iters=job.repair_iters)
+            if roll.ok
+            else roll
+        )
+    return {
+        "outcome": "ok" if res.ok else "failed",
+        "failed_stage": res.failed_stage,
+        "reason": res.reason,
+        "metrics": res.metrics if isinstance(res, EvaluationResult) else None,
+        "samples": roll.samples,
+        "run_id": sess.run_id,
+        "artifacts_dir": str(sess.artifacts_dir),
+    }
+
+
+def run_job(job: Job, index: int, retry: RetryPolicy | None = None) -> JobResult:
+    """Run ``job`` in a sandbox on this host, holding a host admission slot per attempt.
+
+    Never raises for the job's own failure; ``KeyboardInterrupt``/``SystemExit`` pass
+    through so an interrupted worker stops (its session closes its sandbox on the way).
+    """
+    policy = retry or RetryPolicy()
+    started = time.time()
+    infra: list[str] = []
+    attempts = 0
+    slots = machine_capacity([job.options.limits()]).limit
+
+    def attempt() -> dict[str, Any]:
+        nonlocal attempts
+        attempts += 1
+        with host_slot(slots):
+            return _run_once(job)
+
+    def note(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is not None:
+            infra.append(_describe(exc))
+
+    fields: dict[str, Any]
+    try:
+        retrying = Retrying(
+            retry=retry_if_exception(is_infra_error),
+            stop=stop_after_attempt(max(1, policy.attempts)),
+            wait=wait_exponential_jitter(initial=policy.initial_s, max=policy.max_s),
+            before_sleep=note,
+            reraise=True,
+        )
+        fields = retrying(attempt)
+    except (RunnerError, SandboxLayerError, ValueError, TypeError, OSError) as exc:
+        kind = "infra" if is_infra_error(exc) else "error"
+        if kind == "infra":
+            infra.append(_describe(exc))
+        fields = {"outcome": kind, "reason": _describe(exc)}
+    except Exception as exc:  # a bug in the runner must still not sink the batch
+        fields = {"outcome": "error", "reason": f"unexpected {_describe(exc)}"}
+    return JobResult(
+        job_id=job.id or "",
+        index=index,
+        target=job.target,
+        llm=job.llm,
+        mode=job.mode,
+        attempts=attempts,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started_at=started,
+        duration_s=round(time.time() - started, 3),
+        infra_errors=infra,
+        **fields,
+    )
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Unwind like Ctrl-C so open sessions close (and remove) their containers.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
+def init_pool_worker(parent_pid: int) -> None:
+    """Pool initializer: die with the batch process, cleanly.
+
+    A process-pool worker outlives a SIGKILLed parent and would keep its containers
+    "alive" for ``gc()``; with ``PR_SET_PDEATHSIG`` the kernel sends it SIGTERM instead,
+    which unwinds the job and closes its sandbox.
+    """
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)

@@ -1,0 +1,170 @@
+"""Reading a sandbox's workspace volume directly from the host, without following links.
+
+When the workspace is a volume on this host (root, local engine), outputs and artifacts
+can be read from its mountpoint in microseconds instead of a ~50 ms archive call. The
+folder is written by code we do not trust, so every path is opened one component at a
+time relative to the previous directory's descriptor with ``O_NOFOLLOW``: a symlink
+anywhere on the path (or swapped in concurrently) fails the open instead of leading
+outside. Only regular files are read; FIFOs are never opened for blocking reads.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import stat
+from pathlib import Path
+
+from .archive import check_member_kind
+from .errors import UnsafeArchive
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _parts(rel: str) -> list[str]:
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise FileNotFoundError(rel)
+    return parts
+
+
+def _open_dir(root: Path, parts: list[str]) -> int:
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_beneath(root: Path, rel: str) -> int:
+    """A read-only descriptor on the regular file ``rel`` under ``root`` (caller closes it).
+
+    Raises:
+        FileNotFoundError: missing, not a regular file, or a link on the way.
+    """
+    parts = _parts(rel)
+    if not parts:
+        raise FileNotFoundError(rel)
+    try:
+        dir_fd = _open_dir(root, parts[:-1])
+    except OSError as exc:
+        raise FileNotFoundError(rel) from exc
+    try:
+        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise FileNotFoundError(rel) from exc
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileNotFoundError(rel)
+    return fd
+
+
+def read_beneath(root: Path, rel: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the regular file ``rel`` under ``root``.
+
+    Raises:
+        FileNotFoundError: missing, not a regular file, or a link on the way.
+    """
+    fd = open_beneath(root, rel)
+    try:
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def copy_beneath(root: Path, rel: str, dest: Path) -> list[str]:
+    """Copy the folder (or file) ``rel`` under ``root`` into ``dest``; return names written.
+
+    Same rules as a safe pull: absolute or escaping links, devices and fifos are refused
+    (``UnsafeArchive``) and nothing is written when any entry is unsafe (checked in a
+    first pass); inner links are recreated as links. Each file is then reopened from the
+    root without following links, so an entry swapped for a link in between fails.
+
+    Raises:
+        FileNotFoundError: ``rel`` does not exist (or a link is on its path).
+        UnsafeArchive: an unsafe entry.
+    """
+    parts = _parts(rel)
+    try:
+        parent_fd = _open_dir(root, parts[:-1]) if parts else os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        raise FileNotFoundError(rel) from exc
+    entries: list[tuple[str, str, str]] = []  # (path relative to rel, kind, link target)
+    top_is_dir = True
+    try:
+        name = parts[-1] if parts else "."
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except OSError as exc:
+            raise FileNotFoundError(rel) from exc
+        if stat.S_ISDIR(st.st_mode):
+            _collect(os.open(name, _DIR_FLAGS, dir_fd=parent_fd), "", entries)
+        else:
+            top_is_dir = False
+            _collect_entry(parent_fd, name, name, st, entries)
+    finally:
+        os.close(parent_fd)
+    dest.mkdir(parents=True, exist_ok=True)
+    base = "/".join(parts) if top_is_dir else "/".join(parts[:-1])
+    written: list[str] = []
+    for path, kind, target in entries:
+        out = dest / path
+        if kind == "dir":
+            out.mkdir(parents=True, exist_ok=True)
+        elif kind == "link":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(target, out)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = open_beneath(root, posixpath.join(base, path))
+            except FileNotFoundError as exc:
+                raise UnsafeArchive(path, "changed while being copied") from exc
+            with os.fdopen(fd, "rb") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        written.append(path)
+    return written
+
+
+def _collect(dir_fd: int, prefix: str, entries: list[tuple[str, str, str]]) -> None:
+    try:
+        for name in sorted(os.listdir(dir_fd)):
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            path = posixpath.join(prefix, name) if prefix else name
+            if stat.S_ISDIR(st.st_mode):
+                entries.append((path, "dir", ""))
+                _collect(os.open(name, _DIR_FLAGS, dir_fd=dir_fd), path, entries)
+            else:
+                _collect_entry(dir_fd, name, path, st, entries)
+    finally:
+        os.close(dir_fd)
+
+
+def _collect_entry(
+    dir_fd: int, name: str, path: str, st: os.stat_result, entries: list[tuple[str, str, str]]
+) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(name, dir_fd=dir_fd)
+        check_member_kind(path, "link", target)
+        entries.append((path, "link", target))
+    elif stat.S_ISREG(st.st_mode):
+        entries.append((path, "file", ""))
+    else:
+        raise UnsafeArchive(path, "device, fifo or socket")
