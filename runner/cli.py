@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
-
 from rich.live import Live
 from rich.spinner import Spinner
+from rich.table import Table
 
 from runner.errors import ContractError, RunnerError
 from runner.report import (
@@ -50,8 +49,9 @@ app = typer.Typer(
 )
 images_app = typer.Typer(no_args_is_help=True, help="The sandbox images (built offline).")
 app.add_typer(images_app, name="images")
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# soft_wrap: a message is one line however narrow the terminal (or 80 columns in a pipe).
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 RepoDir = Annotated[
     Path, typer.Argument(help="Repository root.", exists=True, file_okay=False, resolve_path=True)
@@ -61,10 +61,9 @@ _ERRORS = (RunnerError, SandboxLayerError)
 
 
 def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
-    """One readable block on stderr (a ContractError names file, line and field)."""
-    title = "invalid contract" if isinstance(exc, ContractError) else type(exc).__name__
-    err.print(f"[bold red]error[/bold red] ({title}):")
-    err.print("  " + str(exc).replace("\n", "\n  "), markup=False)
+    """One readable block on stderr (a ContractError's first line is file:line: field)."""
+    err.print("[bold red]error:[/bold red] ", end="")
+    err.print(str(exc).strip() or type(exc).__name__, markup=False)
     return typer.Exit(code)
 
 
@@ -193,7 +192,7 @@ def _check_contract(path: Path) -> list[str]:
     Raises:
         ContractError: a file is missing or invalid (file:line: field: message).
     """
-    from runner.contract import STAGE_NAMES, load_actions, load_bootstrap, load_pipeline
+    from runner.contract import load_actions, load_bootstrap, load_pipeline
 
     pipeline_path = path / "pipeline.yml"
     if not pipeline_path.is_file():
@@ -201,8 +200,10 @@ def _check_contract(path: Path) -> list[str]:
     pipeline = load_pipeline(pipeline_path)
     boot = load_bootstrap(path / ".aider_fsm" / "bootstrap.yml")
     load_actions(path / ".aider_fsm" / "actions.yml")
-    return (["bootstrap"] if boot is not None else []) + [
-        n for n in STAGE_NAMES if pipeline.stage(n) is not None
+    return [
+        n
+        for n in _ORDER
+        if (boot is not None if n == "bootstrap" else pipeline.stage(n) is not None)  # type: ignore[arg-type]
     ]
 
 
@@ -216,6 +217,166 @@ def validate(path: RepoDir = Path(".")) -> None:
     out.print(f"{path}: contract OK; stages: {', '.join(stages) or 'none'}", markup=False)
 
 
+# -- the starter contract written by `init` -------------------------------------------
+
+_PIPELINE = """\
+# pipeline.yml: this repository's evaluation contract (version 1), run by fsm-runner.
+# Every command runs in a disposable container with the repository root (/workspace)
+# as its working directory. Unknown keys are errors. Check it: fsm-runner validate .
+version: 1
+
+# tests:                    # the repository's own tests, before deploy (network: none)
+#   cmds: [python3 -m pytest -q]
+#   timeout_seconds: 600
+
+deploy:
+  # Start what the rollout talks to and describe it in .aider_fsm/runtime_env.json.
+  setup_cmds: [bash .aider_fsm/stages/deploy_setup.sh]
+  health_cmds: [bash .aider_fsm/stages/deploy_health.sh]
+  teardown_cmds: [bash .aider_fsm/stages/deploy_teardown.sh]
+  teardown_policy: always   # always | on_success | on_failure | never
+  timeout_seconds: 120
+
+rollout:
+  # Ask the model; write a samples JSONL and .aider_fsm/rollout.json pointing at it.
+  run_cmds: [bash .aider_fsm/stages/rollout.sh]
+  timeout_seconds: 600
+  # network: llm            # none | llm (only the model endpoint) | egress
+
+evaluation:
+  # Score this run's samples; write the metrics (`ok` must be exactly true).
+  run_cmds: [bash .aider_fsm/stages/evaluation.sh]
+  metrics_path: .aider_fsm/metrics.json
+  required_keys: [ok, score]
+  timeout_seconds: 600
+
+# benchmark:                # an optional extra scored run with its own metrics file
+#   run_cmds: [bash .aider_fsm/stages/benchmark.sh]
+#   metrics_path: .aider_fsm/benchmark_metrics.json
+#   required_keys: [ok, score]
+
+security:
+  mode: safe                # safe: no sudo/apt outside bootstrap; system: allowed
+  max_cmd_seconds: 900      # caps every command's timeout
+  # network: llm            # the most network any stage may get
+  # memory: 2g
+  # cpus: 1
+"""
+
+_BOOTSTRAP = """\
+# .aider_fsm/bootstrap.yml: prepare the environment once, before the stages. It gets
+# network (egress) so installs work. Keep it idempotent and non-interactive; tests and
+# evaluations belong in pipeline.yml.
+version: 1
+cmds:
+  - python3 --version
+  # - python3 -m venv .aider_fsm/venv
+  # - .aider_fsm/venv/bin/pip install -r requirements.txt
+env:
+  # Stages call "$AIDER_FSM_PYTHON"; a relative path is made absolute by the runner.
+  AIDER_FSM_PYTHON: python3   # e.g. .aider_fsm/venv/bin/python
+timeout_seconds: 600
+"""
+
+_DEPLOY_SETUP = """\
+#!/usr/bin/env bash
+# deploy.setup: start your service in the background, then describe it in
+# .aider_fsm/runtime_env.json (read by later stages through $AIDER_RUNTIME_ENV_PATH).
+# TODO: e.g. nohup "$AIDER_FSM_PYTHON" -m my_server --port 8000 >.aider_fsm/server.log 2>&1 &
+#            echo $! >.aider_fsm/server.pid
+set -euo pipefail
+printf '{"service": {}, "inference": {"model": "%s"}}\\n' "${AIDER_LLM_MODEL:-}" \\
+  >.aider_fsm/runtime_env.json
+"""
+
+_DEPLOY_HEALTH = """\
+#!/usr/bin/env bash
+# deploy.health: exit 0 once the service answers.
+# TODO: e.g. curl -fsS --retry 20 --retry-connrefused http://127.0.0.1:8000/health
+set -euo pipefail
+test -s .aider_fsm/runtime_env.json
+"""
+
+_DEPLOY_TEARDOWN = """\
+#!/usr/bin/env bash
+# deploy.teardown: stop what deploy started; must be safe to run twice.
+# TODO: e.g. kill "$(cat .aider_fsm/server.pid 2>/dev/null)" 2>/dev/null || true
+true
+"""
+
+_ROLLOUT = """\
+#!/usr/bin/env bash
+# rollout: write one {prompt, completion, reward} JSON line per sample, and
+# .aider_fsm/rollout.json naming that file. Outputs from earlier runs are removed first.
+set -euo pipefail
+"${AIDER_FSM_PYTHON:-python3}" - <<'PY'
+import json
+import os
+
+# TODO: your tasks; AIDER_EVAL_MODE is smoke or full (run fewer tasks for smoke).
+PROMPTS = ["What is 2 + 2?", "Name a prime number."]
+
+
+def complete(prompt: str) -> str:
+    # TODO: ask your model; OPENAI_BASE_URL, OPENAI_API_KEY and AIDER_LLM_MODEL are set
+    # when the run has a model endpoint.
+    return "TODO: call the model"
+
+
+def reward(prompt: str, completion: str) -> float:
+    return 0.0  # TODO: grade the completion
+
+
+out = ".aider_fsm/samples.jsonl"
+with open(out, "w") as fh:
+    for prompt in PROMPTS:
+        completion = complete(prompt)
+        sample = {"prompt": prompt, "completion": completion, "reward": reward(prompt, completion)}
+        fh.write(json.dumps(sample) + "\\n")
+manifest = {
+    "ok": True,
+    "mode": os.environ.get("AIDER_EVAL_MODE", "smoke"),
+    "counts": {"samples": len(PROMPTS), "errors": 0},
+    "paths": {"samples_jsonl": out},
+}
+with open(".aider_fsm/rollout.json", "w") as fh:
+    json.dump(manifest, fh)
+PY
+"""
+
+_EVALUATION = """\
+#!/usr/bin/env bash
+# evaluation: score the samples this run wrote. `ok` must be exactly true and `score`
+# a finite number, or the run fails.
+set -euo pipefail
+"${AIDER_FSM_PYTHON:-python3}" - <<'PY'
+import json
+
+with open(".aider_fsm/rollout.json") as fh:
+    samples = json.load(fh)["paths"]["samples_jsonl"]
+with open(samples) as fh:
+    rewards = [json.loads(line)["reward"] for line in fh]
+metrics = {"ok": True, "score": sum(rewards) / len(rewards), "n": len(rewards)}
+with open(".aider_fsm/metrics.json", "w") as fh:
+    json.dump(metrics, fh)
+print(json.dumps(metrics))
+PY
+"""
+
+STARTER_FILES: dict[str, str] = {
+    "pipeline.yml": _PIPELINE,
+    ".aider_fsm/bootstrap.yml": _BOOTSTRAP,
+    ".aider_fsm/stages/deploy_setup.sh": _DEPLOY_SETUP,
+    ".aider_fsm/stages/deploy_health.sh": _DEPLOY_HEALTH,
+    ".aider_fsm/stages/deploy_teardown.sh": _DEPLOY_TEARDOWN,
+    ".aider_fsm/stages/rollout.sh": _ROLLOUT,
+    ".aider_fsm/stages/evaluation.sh": _EVALUATION,
+    ".aider_fsm/.gitignore": "# Run outputs: never commit them.\nartifacts/\nvenv*/\n"
+    "runtime_env.json\nrollout.json\nmetrics.json\nsamples.jsonl\nhints_*.json\n",
+}
+"""Everything ``fsm-runner init`` writes: a contract that validates and runs as is."""
+
+
 @app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="Repository root (created if missing).")] = Path("."),
@@ -224,7 +385,7 @@ def init(
     """Write a commented starter contract that runs as is; then fill in the TODOs."""
     existing = [rel for rel in STARTER_FILES if (path / rel).exists()]
     if existing and not force:
-        err.print(f"error: {', '.join(existing)} already exist in {path} (use --force)")
+        err.print(f"error: {path} already has {', '.join(existing)}; --force overwrites them")
         raise typer.Exit(1)
     for rel, text in STARTER_FILES.items():
         (path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -497,13 +658,18 @@ def _print_summary(s: RunSummary, console: Console) -> None:
     console.print(table)
     score = "" if s.score is None else f" · score {s.score:g}"
     samples = "" if s.samples is None else f" · {s.samples} samples"
-    verdict = {True: "[bold green]ok[/]", False: "[bold red]FAILED[/]", None: "[yellow]unfinished[/]"}
+    verdict = {
+        True: "[bold green]ok[/]",
+        False: "[bold red]FAILED[/]",
+        None: "[yellow]unfinished[/]",
+    }
     console.print(f"{verdict[s.ok]}{score}{samples} · {fmt_seconds(s.duration_s)} · run {s.run_id}")
-    row = s.failed_row
-    if s.ok is False or row is not None:
-        console.print(f"failed at {s.failed_stage or (row.stage if row else '?')}: {s.reason}", markup=False)
-    if row is not None and row.commands:
-        last = row.commands[-1]
+    failed = s.failed_row
+    if s.ok is False or failed is not None:
+        where = s.failed_stage or (failed.stage if failed else "?")
+        console.print(f"failed at {where}: {s.reason}", markup=False)
+    if failed is not None and failed.commands:
+        last = failed.commands[-1]
         console.print(f"  command: {last.cmd}  ({last.outcome})", markup=False)
         for kind in ("stderr", "stdout"):
             log = last.log(s.path, kind)
@@ -584,7 +750,11 @@ def _opencode() -> tuple[str | None, str]:
         ok = os.access(env, os.X_OK) and Path(env).is_file()
         return (env if ok else None), f"FSM_OPENCODE_BIN={env}"
     tools = Path(__file__).resolve().parents[1] / ".tools"
-    for cand in (shutil.which("opencode"), tools / "node_modules/.bin/opencode", tools / "bin/opencode"):
+    for cand in (
+        shutil.which("opencode"),
+        tools / "node_modules/.bin/opencode",
+        tools / "bin/opencode",
+    ):
         if cand and os.access(cand, os.X_OK):
             return str(cand), "found"
     return None, "not on PATH, FSM_OPENCODE_BIN or .tools/"
@@ -603,7 +773,9 @@ def doctor() -> None:
         client = get_client()
         with engine_errors("engine info"):
             info: dict[str, Any] = client.info()
-        checks.append(("ok", "Docker engine", f"reachable (server {info.get('ServerVersion')})", ""))
+        checks.append(
+            ("ok", "Docker engine", f"reachable (server {info.get('ServerVersion')})", "")
+        )
         root = str(info.get("DockerRootDir") or root)
         tag = default_image_tag()
         built = image_exists(tag)

@@ -22,6 +22,7 @@ class VerificationResult:
     ok: bool = True
     failed_stage: str | None = None
     bootstrap: StageResult | None = None
+    actions: StageResult | None = None
     auth: StageResult | None = None
     tests: StageResult | None = None
     deploy_setup: StageResult | None = None

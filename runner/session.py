@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runner.actions import run_actions
 from runner.artifacts import RunDir
-from runner.contract import BootstrapSpec, PipelineSpec, absolutize_env_paths, expand_env
+from runner.contract import (
+    ActionsSpec,
+    BootstrapSpec,
+    PipelineSpec,
+    absolutize_env_paths,
+    expand_env,
+)
 from runner.contract import validate_metrics as _validate_metrics
 from runner.contract import validate_rollout as _validate_rollout
 from runner.errors import ContractError, RunnerError
@@ -100,6 +107,7 @@ class EnvSession:
         pipeline: PipelineSpec,
         pipeline_path: Path,
         bootstrap: BootstrapSpec | None,
+        actions: ActionsSpec | None = None,
         run_dir: RunDir,
         options: SessionOptions,
     ) -> None:
@@ -107,6 +115,7 @@ class EnvSession:
         self.pipeline = pipeline
         self.pipeline_path = pipeline_path
         self.bootstrap_spec = bootstrap
+        self.actions_spec = actions
         self.run_dir = run_dir
         self.run_id = run_dir.run_id
         self.options = options
@@ -356,19 +365,16 @@ class EnvSession:
         sb = self._require_sandbox()
         spec = self.bootstrap_spec
         bdir = self.run_dir.subdir("env_api", "bootstrap")
-        if spec is None:
-            self._bootstrap_env = {}
-            self._transition(State.BOOTSTRAPPED, bootstrap="absent")
-            return None
         seed = {"AIDER_FSM_REPO_ROOT": sb.workspace}
-        applied = absolutize_env_paths(expand_env(spec.env, seed), sb.workspace)
-        self.run_dir.write_text(
-            "env_api/bootstrap/bootstrap.yml",
-            (self.repo.path / ".aider_fsm" / "bootstrap.yml").read_text(errors="replace"),
-        )
+        applied = absolutize_env_paths(expand_env(spec.env, seed), sb.workspace) if spec else {}
+        if spec is not None:
+            self.run_dir.write_text(
+                "env_api/bootstrap/bootstrap.yml",
+                (self.repo.path / ".aider_fsm" / "bootstrap.yml").read_text(errors="replace"),
+            )
         self.run_dir.add_secrets_from_env(applied)
         self.run_dir.write_json("env_api/bootstrap/bootstrap_env.json", applied)
-        if spec.warnings:
+        if spec is not None and spec.warnings:
             self.run_dir.write_json(
                 "env_api/bootstrap/bootstrap_parse_warnings.json", list(spec.warnings)
             )
@@ -376,7 +382,7 @@ class EnvSession:
         timeouts = [
             t
             for t in (
-                spec.timeout_seconds,
+                spec.timeout_seconds if spec else None,
                 sec.max_cmd_seconds if sec else None,
                 limit_override("AIDER_FSM_MAX_CMD_SECONDS"),
             )
@@ -393,23 +399,37 @@ class EnvSession:
         )
         plan = StagePlan(
             name="bootstrap",
-            cmds=tuple(spec.cmds),
+            cmds=tuple(spec.cmds) if spec else (),
             env=env,
-            cwd=f"{sb.workspace}/{spec.workdir}" if spec.workdir else sb.workspace,
+            cwd=f"{sb.workspace}/{spec.workdir}" if spec and spec.workdir else sb.workspace,
             cmd_timeout=float(min(timeouts)) if timeouts else None,
-            retries=spec.retries,
+            retries=spec.retries if spec else 0,
             network=cap_network(
                 DEFAULT_STAGE_NETWORK["bootstrap"],
                 _net(sec.network if sec else None),
                 self.options.network_cap,
             ),
         )
-        self._record_stage_network("bootstrap", plan.network.value)
-        self._say(f"bootstrap ({len(plan.cmds)} command(s), network={plan.network.value})")
-        result = self._exec_stage(
-            sb, plan, _Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"])
-        )
-        if result.ok:
+        result: StageResult | None = None
+        if plan.cmds:
+            self._record_stage_network("bootstrap", plan.network.value)
+            self._say(f"bootstrap ({len(plan.cmds)} command(s), network={plan.network.value})")
+            result = self._exec_stage(
+                sb, plan, _Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"])
+            )
+        if (result is None or result.ok) and self.actions_spec and self.actions_spec.actions:
+            self._say(f"actions ({len(self.actions_spec.actions)})")
+            self._record_stage_network("actions", plan.network.value)
+            result = run_actions(
+                sb,
+                self.actions_spec,
+                plan=plan,
+                policy=self._policy,
+                run_dir=self.run_dir,
+                record_dir=self.run_dir.subdir("env_api", "actions"),
+                progress=self._say,
+            )
+        if result is None or result.ok:
             self._bootstrap_env = applied
             self._transition(State.BOOTSTRAPPED)
         return result
@@ -453,9 +473,9 @@ class EnvSession:
         """bootstrap -> auth -> tests -> deploy.setup -> deploy.health; False at the first failure."""
         boot = self._bootstrap(mode)
         if boot is not None:
-            p.verify.bootstrap = boot
+            setattr(p.verify, boot.name, boot)  # bootstrap, or actions when those ran last
             if not boot.ok:
-                p.verify.fail("bootstrap")
+                p.verify.fail(boot.name)
                 return False
         for name in ("auth", "tests", "deploy_setup", "deploy_health"):
             res = self._run(name, p, mode, overrides)
@@ -631,6 +651,8 @@ class EnvSession:
             self._sync_output(".aider_fsm/rollout.json", p)
             if roll is not None and not roll.ok:
                 return False
+            if roll is not None:
+                self._transition(State.ROLLED_OUT)
         ev = self.pipeline.evaluation
         metrics_rel = ev.metrics_path if ev and ev.metrics_path else DEFAULT_METRICS_PATH
         required = list(ev.required_keys) if ev and ev.required_keys else []

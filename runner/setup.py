@@ -96,7 +96,7 @@ def setup(
         )
     pipeline = load_pipeline(pipeline_path)
     bootstrap = load_bootstrap(repo.path / ".aider_fsm" / "bootstrap.yml")
-    load_actions(repo.path / ".aider_fsm" / "actions.yml")  # validated; see docs/pipeline.md
+    actions = load_actions(repo.path / ".aider_fsm" / "actions.yml")
     run_dir = RunDir.create(
         repo.path, base=Path(artifacts_dir).expanduser() if artifacts_dir else None
     )
@@ -118,6 +118,7 @@ def setup(
         pipeline=pipeline,
         pipeline_path=pipeline_path,
         bootstrap=bootstrap,
+        actions=actions,
         run_dir=run_dir,
         options=options,
     )

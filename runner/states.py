@@ -28,7 +28,9 @@ _OPEN = {State.NEW, State.BOOTSTRAPPED, State.DEPLOYED, State.ROLLED_OUT, State.
 ALLOWED: dict[State, frozenset[State]] = {
     State.NEW: frozenset({State.BOOTSTRAPPED, State.FAILED, State.CLOSED}),
     State.BOOTSTRAPPED: frozenset({State.DEPLOYED, State.EVALUATED, State.FAILED, State.CLOSED}),
-    State.DEPLOYED: frozenset({State.ROLLED_OUT, State.BOOTSTRAPPED, State.FAILED, State.CLOSED}),
+    State.DEPLOYED: frozenset(
+        {State.ROLLED_OUT, State.EVALUATED, State.BOOTSTRAPPED, State.FAILED, State.CLOSED}
+    ),
     State.ROLLED_OUT: frozenset(
         {State.EVALUATED, State.BOOTSTRAPPED, State.DEPLOYED, State.FAILED, State.CLOSED}
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import textwrap
 import threading
 from pathlib import Path
 
@@ -202,3 +203,37 @@ def test_local_backend_only_by_name(tmp_path: Path) -> None:
     res = sess.evaluate(repair_iters=0)
     assert res.ok and res.metrics == {"ok": True, "score": 0.5, "n": 8}
     assert json.loads((sess.artifacts_dir / "sandbox.json").read_text())["backend"] == "local"
+
+
+def test_actions_yml_runs_once_after_bootstrap(tmp_path: Path, default_image: str) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / ".aider_fsm" / "actions.yml").write_text(
+        "version: 1\nactions:\n"
+        "  - id: make-data\n    kind: run_cmd\n    cmd: echo from-action > data.txt\n"
+        "  - id: note\n    kind: write_file\n    path: notes/n.txt\n    content: hello\n"
+    )
+    evaluation = """\
+    test "$(cat data.txt)" = from-action
+    test "$(cat notes/n.txt)" = hello
+    echo '{"ok": true, "score": 1}' > .aider_fsm/metrics.json
+    """
+    (repo / ".aider_fsm" / "stages" / "evaluation.sh").write_text(textwrap.dedent(evaluation))
+    sess = runner_env.setup(repo)
+    res = sess.evaluate(llm="m", repair_iters=0)
+    assert res.ok, res.reason
+    summary = json.loads(
+        (sess.artifacts_dir / "env_api" / "actions" / "actions_summary.json").read_text()
+    )
+    assert [a["id"] for a in summary] == ["make-data", "note"] and all(a["ok"] for a in summary)
+    assert not (repo / "data.txt").exists(), "actions run in the sandbox, not on the host"
+
+
+def test_actions_may_not_rewrite_the_contract(tmp_path: Path, default_image: str) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / ".aider_fsm" / "actions.yml").write_text(
+        "version: 1\nactions:\n  - kind: write_file\n    path: pipeline.yml\n    content: 'version: 1'\n"
+    )
+    with runner_env.setup(repo) as sess:
+        roll = sess.rollout(llm="m", repair_iters=0)
+    assert not roll.ok and roll.failed_stage == "actions"
+    assert "protected" in roll.reason

@@ -108,7 +108,9 @@ def install_opencode(*, root: Path = PROJECT_ROOT, timeout_s: float = INSTALL_TI
     except subprocess.TimeoutExpired as exc:
         raise AgentError(f"installing opencode timed out after {timeout_s:.0f}s") from exc
     if proc.returncode != 0:
-        raise AgentError(f"installing opencode failed (rc={proc.returncode}): {proc.stderr[-2000:]}")
+        raise AgentError(
+            f"installing opencode failed (rc={proc.returncode}): {proc.stderr[-2000:]}"
+        )
     binary = pinned_path(root)
     if not is_elf(binary):
         raise AgentError(f"install script succeeded but {binary} is not an executable")

@@ -151,7 +151,9 @@ def take_back(
             wanted.append(change)
     total = sum(int((c.after or {}).get("size", 0)) for c in wanted)
     if total > MAX_SCOPE_BYTES:
-        report.refused += [{"path": c.path, "reason": f"contract changes total {total} bytes"} for c in wanted]
+        report.refused += [
+            {"path": c.path, "reason": f"contract changes total {total} bytes"} for c in wanted
+        ]
         wanted = []
     with tempfile.TemporaryDirectory(prefix="fsm-agent-pull-") as tmp:
         pulled = _pull(sandbox, Path(tmp), wanted, pipeline_rel, report)
@@ -307,7 +309,12 @@ def _diff(
                     new = None
         a = _text(old) if change.before is not None else []
         b = _text(new) if change.after is not None else []
-        if a is None or b is None or (change.before and old is None) or (change.after and new is None):
+        if (
+            a is None
+            or b is None
+            or (change.before and old is None)
+            or (change.after and new is None)
+        ):
             piece = f"Binary, large or unreadable file {rel} {change.status}\n"
         else:
             piece = "".join(

@@ -29,7 +29,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from runner.agent import binary
+from runner.agent import _manifest, binary
 from runner.agent.config import (
     ENV_API_KEY,
     ENV_BASE_URL,
@@ -50,6 +50,8 @@ BIN = f"{AGENT_ROOT}/bin"
 HOME = f"{AGENT_ROOT}/home"
 REQ = f"{AGENT_ROOT}/req"
 SERVE_LOG = f"{AGENT_ROOT}/serve.log"
+MARKER = f"{AGENT_ROOT}/started.marker"
+PRE_PIDS = f"{AGENT_ROOT}/pre.pids"
 PID_FILE = f"{AGENT_ROOT}/serve.pid"
 PORT = 4096
 USERNAME = "opencode"
@@ -78,6 +80,30 @@ except urllib.error.HTTPError as exc:
 except Exception as exc:
     out = {"status": 0, "error": "%s: %s" % (type(exc).__name__, exc)}
 sys.stdout.write(json.dumps(out))
+"""
+
+
+# Kills every process that did not exist before the server started (the server, the
+# agent's shells, anything they daemonised, whatever environment they cleared), but not
+# the container's init and main process. Builtins only in the loop: a child we spawned
+# would be a new pid and kill itself.
+KILL_NEW = r"""
+keep=" "
+while read -r p; do keep="$keep$p "; done < "$1"
+self=$$
+i=0
+while [ $i -lt 20 ]; do
+  found=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = "$self" ] && continue
+    case "$keep" in *" $p "*) continue ;; esac
+    kill -KILL "$p" 2>/dev/null && found=1
+  done
+  [ -z "$found" ] && exit 0
+  i=$((i+1))
+done
+exit 1
 """
 
 
@@ -176,6 +202,7 @@ class AgentServer:
         self.deadline = time.monotonic() + bounds.total_s
         self._etc = tempfile.TemporaryDirectory(prefix="fsm-agent-etc-")
         self._seq = 0
+        self._stopped = False
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -205,7 +232,11 @@ class AgentServer:
         etc = Path(self._etc.name)
         (etc / "opencode.json").write_text(config_text(self.route, self.bounds))
         (etc / "http_client.py").write_text(HTTP_CLIENT)
-        self.run_dir.write_text(f"{self.log_rel}/opencode.json", config_text(self.route, self.bounds))
+        (etc / "manifest.py").write_text(Path(_manifest.__file__).read_text())
+        (etc / "kill_new.sh").write_text(KILL_NEW)
+        self.run_dir.write_text(
+            f"{self.log_rel}/opencode.json", config_text(self.route, self.bounds)
+        )
         mounts = {str(self.opencode_bin): f"{BIN}/opencode", str(etc): ETC}
         rg = binary.find_ripgrep()
         if rg is not None:
@@ -243,9 +274,7 @@ class AgentServer:
     def _exec(self, command: str, *, timeout: float, env: dict[str, str] | None = None) -> Any:
         assert self.sandbox is not None
         try:
-            return self.sandbox.exec(
-                command, env=env, timeout=timeout, output_limit=RESPONSE_LIMIT
-            )
+            return self.sandbox.exec(command, env=env, timeout=timeout, output_limit=RESPONSE_LIMIT)
         except SandboxError as exc:
             raise AgentError(f"agent sandbox failed: {exc}") from exc
 
@@ -253,7 +282,9 @@ class AgentServer:
         lock = shlex.quote(json.dumps(PLUGIN_LOCK))
         res = self._exec(
             f"mkdir -p {HOME}/.config/opencode/node_modules {REQ} && "
-            f"printf '%s' {lock} > {HOME}/.config/opencode/package-lock.json",
+            f"printf '%s' {lock} > {HOME}/.config/opencode/package-lock.json && "
+            f"sleep 0.01 && touch {MARKER} && "
+            f"for d in /proc/[0-9]*; do echo ${{d#/proc/}}; done > {PRE_PIDS}",
             timeout=30,
         )
         if not res.ok:
@@ -312,13 +343,51 @@ class AgentServer:
 
     def stop_processes(self) -> None:
         """End the server and everything the agent started (before anything is taken back)."""
-        if self.sandbox is None:
+        if self.sandbox is None or self._stopped:
             return
-        # SIGTERM lets OpenCode flush its logs (~0.3 s); then nothing may keep writing.
-        self._exec(
-            f"kill -TERM $(cat {PID_FILE}) 2>/dev/null; sleep 0.5; kill -KILL -1 2>/dev/null; true",
-            timeout=15,
-        )
+        self._stopped = True
+        # SIGTERM lets OpenCode flush its logs (~0.3 s); then nothing may keep writing
+        # while the workspace is listed and pulled.
+        self._exec(f"kill -TERM $(cat {PID_FILE}) 2>/dev/null; sleep 0.5", timeout=15)
+        res = self._exec(f"sh {ETC}/kill_new.sh {PRE_PIDS}", timeout=30)
+        if not res.ok:
+            raise AgentError(f"could not stop the agent's processes: {res.stderr[-300:]}")
+
+    def workspace_manifest(self, exclude: tuple[str, ...]) -> dict[str, list[Any]]:
+        """The workspace's files now (see ``_manifest.py``).
+
+        Raises:
+            AgentError: the manifest script failed.
+        """
+        assert self.sandbox is not None
+        args = " ".join(shlex.quote(x) for x in (self.sandbox.workspace, *exclude))
+        res = self._exec(f"python3 {ETC}/manifest.py tree {args}", timeout=120)
+        try:
+            out: dict[str, list[Any]] = json.loads(res.stdout)
+        except ValueError as exc:
+            raise AgentError(f"cannot list the agent's workspace: {res.stderr[-500:]}") from exc
+        return out
+
+    def outside_changes(self) -> list[str]:
+        """Files the agent changed outside the workspace (they go away with the sandbox)."""
+        assert self.sandbox is not None
+        prune = ("/proc", "/sys", "/dev", AGENT_ROOT, self.sandbox.workspace)
+        args = " ".join(shlex.quote(x) for x in (MARKER, *prune))
+        res = self._exec(f"python3 {ETC}/manifest.py newer {args}", timeout=120)
+        try:
+            found = json.loads(res.stdout)
+        except ValueError:
+            return []
+        return [str(p) for p in found] if isinstance(found, list) else []
+
+    def check_scripts(self, rels: list[str]) -> list[str]:
+        """``bash -n`` (parse only) of stage scripts, in the sandbox: the errors found."""
+        errors = []
+        for rel in rels:
+            res = self._exec(f"bash -n {shlex.quote(rel)}", timeout=10)
+            if not res.ok:
+                errors.append(f"{rel}: bash -n failed: {(res.stderr or res.stdout).strip()[-500:]}")
+        return errors
 
     def close(self) -> None:
         """Save the server's log into the run dir, then remove the sandbox. Never raises."""
@@ -366,10 +435,15 @@ class AgentServer:
         try:
             out: dict[str, Any] = json.loads(res.stdout)
         except ValueError:
-            return {"status": 0, "error": f"client failed (rc={res.exit_code}): {res.stderr[-500:]}"}
+            return {
+                "status": 0,
+                "error": f"client failed (rc={res.exit_code}): {res.stderr[-500:]}",
+            }
         return out
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> Any:
         """JSON request with retries on transient failures, bounded by ``request_s``.
 
         Raises:

@@ -145,9 +145,7 @@ def _slots_dir() -> Path:
 
 
 @contextmanager
-def host_slot(
-    limit: int, *, directory: Path | None = None, poll_s: float = 0.2
-) -> Iterator[int]:
+def host_slot(limit: int, *, directory: Path | None = None, poll_s: float = 0.2) -> Iterator[int]:
     """Hold one of ``limit`` host-wide slots while the body runs; wait while all are taken.
 
     Yields:

@@ -89,9 +89,7 @@ class EngineBreaker:
                 self._next_probe = self._clock() + self._interval
         if self.state == BreakerState.CLOSED:
             return True
-        if self.state == BreakerState.HALF_OPEN and not self._trial_started:
-            return True
-        return False
+        return self.state == BreakerState.HALF_OPEN and not self._trial_started
 
     def started(self) -> None:
         """The batch started a job (the half-open trial takes the only place)."""
@@ -102,6 +100,5 @@ class EngineBreaker:
     def gave_up(self) -> bool:
         """Open for longer than ``max_pause_s``: stop the batch instead of waiting on."""
         return (
-            self.state == BreakerState.OPEN
-            and self._clock() - self._opened_at >= self._max_pause_s
+            self.state == BreakerState.OPEN and self._clock() - self._opened_at >= self._max_pause_s
         )

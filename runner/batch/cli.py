@@ -67,15 +67,16 @@ def _table(p: BatchProgress) -> Table:
 def _line(p: BatchProgress) -> None:
     if p.event == "job_done" and p.last is not None:
         r = p.last
-        detail = f" {r.failed_stage}: {r.reason[:200]}" if not r.ok else f" metrics={r.metrics}"
+        detail = f" {r.reason[:200]}" if not r.ok else f" metrics={r.metrics}"
         err.print(
             f"[{p.done + p.resumed}/{p.total}] {r.outcome} {r.job_id} {r.target} "
             f"({r.duration_s:.1f}s){detail}",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
     elif p.event in ("start", "breaker") and p.message:
-        err.print(p.message, markup=False, highlight=False)
+        err.print(p.message, markup=False, highlight=False, soft_wrap=True)
 
 
 @batch_app.command("batch")
@@ -137,9 +138,10 @@ def batch(
         for r in report.results:
             if not r.ok:
                 err.print(
-                    f"{r.outcome}: {r.job_id} {r.target}: {r.failed_stage or ''} {r.reason[:300]}",
+                    f"{r.outcome}: {r.job_id} {r.target}: {r.reason[:300]}",
                     markup=False,
                     highlight=False,
+                    soft_wrap=True,
                 )
         err.print(
             f"{summary['ok']}/{summary['jobs']} ok, {summary['failed']} failed, "
@@ -148,6 +150,7 @@ def batch(
             f"results: {summary['results_path']}",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
     raise typer.Exit(0 if report.ok else 1)
 

@@ -96,7 +96,9 @@ class DaskBackend:
             ) from exc
         self.address = address
         self._retry = retry
-        self._client: Any = Client(address, timeout=timeout_s, set_as_default=False)
+        self._client: Any = Client(  # type: ignore[no-untyped-call]
+            address, timeout=timeout_s, set_as_default=False
+        )
         self._held: dict[str, Any] = {}
         self._slots = (0, 0.0)
 

@@ -236,7 +236,7 @@ def _summary(
     store: ResultsFile | None,
     moved: Path | None,
 ) -> dict[str, Any]:
-    counts = dict.fromkeys(_OUTCOMES, 0)
+    counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
     for r in results:
         counts[r.outcome] += 1
     return {
