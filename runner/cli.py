@@ -577,6 +577,7 @@ def run(
 
     view = StageView(err, "quiet" if quiet else view_style(err))
     sess: EnvSession | None = None
+    interrupted = False
     try:
         sess = runner_env.setup(
             target, progress=view, sandbox=sandbox, image=image, network=network
@@ -591,14 +592,13 @@ def run(
         finally:
             view.end()
     except KeyboardInterrupt:
-        err.print("interrupted: removing the sandbox", markup=False)
-        _json_error(as_json, "interrupted")
-        raise typer.Exit(130) from None
+        interrupted = True
+        err.print("interrupted: stopping the run and removing its sandbox", markup=False)
     except ValueError as exc:
+        _json_error(as_json, str(exc))
         if isinstance(exc, ContractError):
-            _json_error(as_json, str(exc))
             raise _fail(exc) from exc
-        err.print(f"fsm-runner run: error: {exc}", markup=False)
+        err.print(f"fsm-runner: error: {exc}", markup=False)
         raise typer.Exit(2) from exc
     except _ERRORS as exc:
         _json_error(as_json, str(exc))
@@ -607,14 +607,17 @@ def run(
         if sess is not None:
             with _sigint_ignored():
                 sess.close()
+    if sess is None:  # interrupted before the session existed: nothing to clean up
+        _json_error(as_json, "interrupted")
+        raise typer.Exit(130)
     summary = load_run(sess.artifacts_dir)
     report = write_report(sess.artifacts_dir)
     if as_json:
-        print(json.dumps(_summary_json(summary, report)))
+        print(json.dumps({**_summary_json(summary, report), "interrupted": interrupted}))
     else:
         _print_summary(summary, out)
         out.print(f"report: {report}", markup=False)
-    raise typer.Exit(0 if summary.ok else 1)
+    raise typer.Exit(130 if interrupted else 0 if summary.ok else 1)
 
 
 def _json_error(as_json: bool, message: str) -> None:

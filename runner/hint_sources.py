@@ -25,6 +25,11 @@ MAX_DOC_CHARS = 200_000
 MAX_CI_FILES = 8
 MAX_FILE_BYTES = 1_000_000
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 _INTEREST = re.compile(
     r"(?<![a-z])(?:eval|bench)|\bleaderboard\b|\bpy\.?test\b|\bunittest\b"
     r"|\b(?:make|just)\s+(?:tests?|check|evals?|bench\w*)\b"
@@ -37,23 +42,23 @@ _TEST_STEP = re.compile(r"\b(?:tests?|eval\w*|bench\w*)\b", re.IGNORECASE)
 _SETUP = re.compile(
     r"^(?:(?:python3?\s+-m\s+)?(?:pip3?|uv\s+pip|conda|mamba|poetry|pdm|npm|yarn|pnpm|"
     r"apt(?:-get)?|brew|pipx)\s+(?:install|uninstall|add|ci|i|sync|update|upgrade)\b"
-    r"|(?:git\s+clone|cd|export|source|\.|mkdir|uv\s+(?:sync|venv)|pre-commit\s+install"
+    r"|(?:source|\.)\s|(?:git\s+clone|cd|export|mkdir|uv\s+(?:sync|venv)|pre-commit\s+install"
     r"|docker\s+(?:pull|build|push|login)|conda\s+(?:create|activate)|set)\b"
     r"|(?:python3?\s+-m\s+)?(?:venv|virtualenv)\b)"
 )
-_PASSIVE = frozenset(
+_PASSIVE = _words(
     "echo printf cat ls head tail grep rg sed awk jq wc rm cp mv touch true false test "
-    "which pwd sleep date tee".split()
+    "which pwd sleep date tee"
 )
-_PROGRAMS = frozenset(
+_PROGRAMS = _words(
     "bash sh zsh python python3 pip pip3 uv uvx poetry conda pdm hatch make just pytest "
     "py.test tox nox docker git npm npx yarn pnpm node go cargo accelerate torchrun "
-    "deepspeed inspect coverage".split()
+    "deepspeed inspect coverage"
 )
 _SHELL_LANGS = frozenset({"", "bash", "sh", "shell", "zsh", "console", "terminal", "cmd"})
 _PROMPT_ONLY_LANGS = frozenset({"console", "terminal", "shell-session", "sh-session"})
 _PROMPT = re.compile(r"^(?:\$|%)\s+")
-_ASSIGN = re.compile(r"^[A-Za-z_]\w*=\S*$")
+ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=\S*$")
 _SEGMENT = re.compile(r"\s*(?:&&|\|\||;)\s*")
 _FENCE = re.compile(r"^(`{3,}|~{3,})\s*\{?\.?([\w+-]*)")
 _RST_CODE = re.compile(r"^(\s*)\.\.\s+(?:code-block|code|sourcecode)::\s*([\w+-]*)\s*$")
@@ -72,24 +77,24 @@ class Hint:
 # --- line-level filters -------------------------------------------------------------
 
 
-def _tokens(cmd: str) -> list[str]:
+def tokens(cmd: str) -> list[str]:
     try:
         return shlex.split(cmd, comments=False)
     except ValueError:
         return cmd.split()
 
 
-def _segments(cmd: str) -> list[str]:
+def segments(cmd: str) -> list[str]:
     return [s for s in _SEGMENT.split(cmd) if s.strip()]
 
 
 def program_of(cmd: str) -> str:
     """The program a command line runs: skips ``cd X &&`` segments and ``VAR=value``."""
-    for segment in _segments(cmd):
-        toks = [t for t in _tokens(segment)]
-        while toks and _ASSIGN.match(toks[0]):
+    for segment in segments(cmd):
+        toks = tokens(segment)
+        while toks and ASSIGNMENT.match(toks[0]):
             toks.pop(0)
-        if toks and toks[0] not in ("cd", "export", "source", "set"):
+        if toks and toks[0] not in ("cd", "export", "source", ".", "set"):
             return toks[0]
     return ""
 
@@ -118,9 +123,12 @@ def _looks_like_command(line: str) -> bool:
 
 def _is_setup_only(cmd: str) -> bool:
     """True when every segment only installs, clones, moves around or prints."""
-    for segment in _segments(cmd):
-        body = " ".join(t for t in segment.split() if not _ASSIGN.match(t))
-        if not (_SETUP.match(body) or body.split(" ")[0] in _PASSIVE):
+    for segment in segments(cmd):
+        words = segment.split()
+        while words and ASSIGNMENT.match(words[0]):
+            words.pop(0)
+        body = " ".join(words)
+        if body and not (_SETUP.match(body) or words[0] in _PASSIVE):
             return False
     return True
 
@@ -169,7 +177,7 @@ def _read(path: Path, limit: int = MAX_FILE_BYTES) -> str:
 
 def _markdown_blocks(text: str) -> Iterator[tuple[int, str, list[str]]]:
     """(first line number, language, lines) of fenced blocks; blockquote markers removed."""
-    fence, lang, start, body = "", "", 0, []
+    fence, lang, start, body = "", "", 0, list[str]()
     for number, raw in enumerate(text.splitlines(), 1):
         line = re.sub(r"^\s*(?:>\s?)+", "", raw)
         stripped = line.strip()
@@ -190,7 +198,7 @@ def _rst_blocks(text: str) -> Iterator[tuple[int, str, list[str]]]:
         m = _RST_CODE.match(line)
         if not m:
             continue
-        indent, body = len(m.group(1)), []
+        indent, body = len(m.group(1)), list[str]()
         for nxt in lines[i + 1 :]:
             if nxt.strip() and len(nxt) - len(nxt.lstrip()) <= indent:
                 break
@@ -343,14 +351,22 @@ def _nox_hints(root: Path) -> Iterator[Hint]:
     sessions: list[str] = []
     calls: list[tuple[int, str]] = []
     for node in ast.walk(tree) if tree else ():
-        if isinstance(node, ast.FunctionDef) and _TASK_NAME.fullmatch(node.name):
-            if any("session" in ast.unparse(d) for d in node.decorator_list):
-                sessions.append(node.name)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            if node.func.attr == "run" and ast.unparse(node.func.value).endswith("session"):
-                args = [a.value for a in node.args if isinstance(a, ast.Constant)]
-                if args and all(isinstance(a, str) for a in args):
-                    calls.append((node.lineno, shlex.join(args)))
+        if (
+            isinstance(node, ast.FunctionDef)
+            and _TASK_NAME.fullmatch(node.name)
+            and any("session" in ast.unparse(d) for d in node.decorator_list)
+        ):
+            sessions.append(node.name)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "run"
+            and ast.unparse(node.func.value).endswith("session")
+        ):
+            # Only literal arguments: computed ones (*posargs, f-strings) are dropped.
+            args = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            if args and all(isinstance(a, str) for a in args):
+                calls.append((node.lineno, shlex.join(str(a) for a in args)))
     for _, cmd in sorted(calls):
         if is_interesting(cmd):
             yield Hint(cmd, "noxfile.py")
@@ -376,3 +392,12 @@ def _task_hints(root: Path) -> Iterator[Hint]:
             yield Hint(f"npm run {name}", "package.json")
 
 
+def iter_hints(root: Path, python: str) -> Iterator[Iterator[Hint]]:
+    """Readers in priority order: docs first (the predecessor's order), then CI and tasks."""
+    for path in _doc_files(root):
+        yield _doc_hints(root, path)
+    yield _workflow_hints(root, python)
+    yield _gitlab_hints(root)
+    yield _tox_hints(root)
+    yield _nox_hints(root)
+    yield _task_hints(root)

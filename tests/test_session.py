@@ -237,3 +237,46 @@ def test_actions_may_not_rewrite_the_contract(tmp_path: Path, default_image: str
         roll = sess.rollout(llm="m", repair_iters=0)
     assert not roll.ok and roll.failed_stage == "actions"
     assert "protected" in roll.reason
+
+
+def test_stage_env_carries_aider_variables_as_seen_inside(
+    tmp_path: Path, default_image: str
+) -> None:
+    rollout = """\
+    env | grep -E '^(AIDER_|OPENAI_MODEL)' | sort > "$AIDER_FSM_ARTIFACTS_DIR/env.txt"
+    printf '%s\\n' '{"prompt":"p","completion":"c","reward":1}' > s.jsonl
+    echo '{"paths":{"samples_jsonl":"s.jsonl"}}' > .aider_fsm/rollout.json
+    """
+    repo = make_repo(tmp_path / "repo", rollout=rollout)
+    with runner_env.setup(repo) as sess:
+        roll = sess.rollout(llm="model-x", mode="full", require_samples=True, repair_iters=0)
+        assert roll.ok, roll.reason
+    env_file = next(sess.artifacts_dir.glob("env_api/rollout_attempt_01/stage_files/env.txt"))
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert env["AIDER_FSM_STAGE"] == "rollout"
+    assert env["AIDER_FSM_REPO_ROOT"] == "/workspace"
+    assert env["AIDER_FSM_ARTIFACTS_DIR"].startswith(
+        f"/workspace/.aider_fsm/artifacts/{sess.run_id}/"
+    )
+    assert env["AIDER_FSM_RUN_ID"] == sess.run_id
+    assert env["AIDER_EVAL_MODE"] == "full"
+    assert env["AIDER_LLM_KIND"] == "remote" and env["AIDER_LLM_MODEL"] == "model-x"
+    assert env["OPENAI_MODEL"] == "model-x"
+    assert env["AIDER_RUNTIME_ENV_PATH"] == "/workspace/.aider_fsm/runtime_env.json"
+    assert env["AIDER_FSM_PYTHON"] == "python3"
+
+
+def test_forgotten_session_is_closed_by_garbage_collection(
+    tmp_path: Path, default_image: str
+) -> None:
+    import gc
+
+    repo = make_repo(tmp_path / "repo")
+    sess = runner_env.setup(repo)
+    assert sess.rollout(llm="m", repair_iters=0).ok
+    run_id = sess.run_id
+    label = {"label": f"fsm-runner.run-id={run_id}"}
+    assert get_client().containers.list(all=True, filters=label)
+    del sess
+    gc.collect()
+    assert get_client().containers.list(all=True, filters=label) == []

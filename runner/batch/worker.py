@@ -24,7 +24,8 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from runner.batch.admission import host_slot, machine_capacity
@@ -115,7 +116,10 @@ def run_job(job: Job, index: int, retry: RetryPolicy | None = None) -> JobResult
         retrying = Retrying(
             retry=retry_if_exception(is_infra_error),
             stop=stop_after_attempt(max(1, policy.attempts)),
-            wait=wait_exponential_jitter(initial=policy.initial_s, max=policy.max_s),
+            # wait_exponential + wait_random: wait_exponential_jitter changed its
+            # arguments across the tenacity versions we accept (>=8.2).
+            wait=wait_exponential(multiplier=policy.initial_s, max=policy.max_s)
+            + wait_random(0, policy.initial_s),
             before_sleep=note,
             reraise=True,
         )
