@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 
@@ -39,6 +40,7 @@ from runner.report import (
 from sandbox.errors import SandboxError as SandboxLayerError
 
 if TYPE_CHECKING:
+    from runner.contract import ActionsSpec, BootstrapSpec, PipelineSpec
     from runner.session import EnvSession
 
 app = typer.Typer(
@@ -51,13 +53,19 @@ images_app = typer.Typer(no_args_is_help=True, help="The sandbox images (built o
 app.add_typer(images_app, name="images")
 # soft_wrap: a message is one line however narrow the terminal (or 80 columns in a pipe).
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Piped tables get room instead of the 80 columns rich assumes without a terminal.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 RepoDir = Annotated[
     Path, typer.Argument(help="Repository root.", exists=True, file_okay=False, resolve_path=True)
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 _ERRORS = (RunnerError, SandboxLayerError)
+_ORDER = (
+    "bootstrap", "actions", "auth", "tests", "deploy_setup", "deploy_health", "rollout",
+    "evaluation", "benchmark", "deploy_teardown",
+)  # fmt: skip
+"""The order a session runs stages in (STAGE_NAMES lists deploy_teardown with deploy)."""
 
 
 def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
@@ -65,6 +73,17 @@ def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
     err.print("[bold red]error:[/bold red] ", end="")
     err.print(str(exc).strip() or type(exc).__name__, markup=False)
     return typer.Exit(code)
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in columns:
+        table.add_column(col, no_wrap=True)
+    return table
+
+
+def _plain_line(msg: str) -> None:
+    err.print(msg, markup=False)
 
 
 # -- images, gc ----------------------------------------------------------------------
@@ -90,10 +109,6 @@ def images_build(
     out.print(tag, markup=False)
 
 
-def _plain_line(msg: str) -> None:
-    err.print(msg, markup=False)
-
-
 def _fsm_images(label: str | None = None) -> list[Any]:
     from sandbox.engine import LABEL_KIND, engine_errors, get_client
 
@@ -109,14 +124,15 @@ def images_list() -> None:
     from sandbox.images import default_image_tag
 
     try:
-        current = default_image_tag()
-        for img in _fsm_images():
-            mark = "*" if current in img.tags else " "
-            tags = ", ".join(img.tags) or img.short_id
-            size, created = img.attrs.get("Size", 0) / 1e6, str(img.attrs.get("Created", ""))
-            out.print(f"{mark} {tags}\t{size:.0f} MB\t{created[:19]}", markup=False)
+        current, images = default_image_tag(), _fsm_images()
     except SandboxLayerError as exc:
         raise _fail(exc) from exc
+    table = _table("", "image", "size", "created (UTC)")
+    for img in images:
+        size, created = img.attrs.get("Size", 0) / 1e6, str(img.attrs.get("Created", ""))
+        mark = "*" if current in img.tags else ""
+        table.add_row(mark, ", ".join(img.tags) or img.short_id, f"{size:.0f} MB", created[:19])
+    out.print(table)
 
 
 @images_app.command("prune")
@@ -199,12 +215,16 @@ def _check_contract(path: Path) -> list[str]:
         raise ContractError("no pipeline.yml here; write one with `fsm-runner init`", file=path)
     pipeline = load_pipeline(pipeline_path)
     boot = load_bootstrap(path / ".aider_fsm" / "bootstrap.yml")
-    load_actions(path / ".aider_fsm" / "actions.yml")
-    return [
-        n
-        for n in _ORDER
-        if (boot is not None if n == "bootstrap" else pipeline.stage(n) is not None)  # type: ignore[arg-type]
-    ]
+    actions = load_actions(path / ".aider_fsm" / "actions.yml")
+    return planned_stages(pipeline, boot, actions)
+
+
+def planned_stages(
+    pipeline: PipelineSpec, boot: BootstrapSpec | None, actions: ActionsSpec | None
+) -> list[str]:
+    """The stages a contract runs, in run order (a stage without commands is skipped)."""
+    firsts = {"bootstrap": bool(boot and boot.cmds), "actions": bool(actions and actions.actions)}
+    return [n for n in _ORDER if firsts.get(n, False) or (n not in firsts and pipeline.stage(n))]  # type: ignore[arg-type]
 
 
 @app.command()
@@ -399,10 +419,6 @@ def init(
 
 _STAGE_LINE = re.compile(r"^(?:stage )?(\w+) \((\d+) command\(s\), network=(\w+)\)$")
 _CMD_LINE = re.compile(r"^(\w+) \[\d+/\d+\] \$ (.*)$", re.DOTALL)
-_ORDER = (
-    "bootstrap", "auth", "tests", "deploy_setup", "deploy_health", "rollout", "evaluation",
-    "benchmark", "deploy_teardown",
-)  # fmt: skip
 Style = Literal["live", "plain", "quiet"]
 
 
@@ -458,9 +474,9 @@ class StageView:
     def begin(self, sess: EnvSession) -> None:
         """Attach to the session's run dir; list the stages its contract will run."""
         self._run_dir = sess.artifacts_dir
-        for name in _ORDER:
-            if sess.bootstrap_spec if name == "bootstrap" else sess.pipeline.stage(name):  # type: ignore[arg-type]
-                self.rows[name] = _Row()
+        actions = getattr(sess, "actions_spec", None)
+        for name in planned_stages(sess.pipeline, sess.bootstrap_spec, actions):
+            self.rows[name] = _Row()
         self._title = f"fsm-runner · {sess.repo.path} · run {sess.run_id}"
         if self.style == "live":
             self._live = Live(self, console=self.console, refresh_per_second=8, transient=True)
@@ -469,6 +485,7 @@ class StageView:
             self._say(self._title)
 
     def end(self) -> None:
+        """Stop the live table (the caller prints the result) and apply the last events."""
         if self._live is not None:
             self._live.stop()
             self._live = None
@@ -476,10 +493,12 @@ class StageView:
             self._poll()
 
     def __call__(self, msg: str) -> None:
+        """The session's ``progress`` callback: one line per step."""
         with self._lock:
             self._poll()
             if m := _STAGE_LINE.match(msg):
                 self.rows[m[1]] = _Row("running", m[3], time.monotonic())
+                self.note = ""  # the caption is for steps outside stages (image, sandbox)
             elif m := _CMD_LINE.match(msg):
                 self.rows.setdefault(m[1], _Row()).line = f"$ {m[2]}"
             else:
@@ -517,7 +536,8 @@ class StageView:
             row.duration = ev.get("duration_s") if isinstance(ev.get("duration_s"), float) else None
             if self.style == "plain":
                 why = f": {ev.get('reason')}" if ev.get("reason") else ""
-                self._say(f"{ev.get('stage')} {row.state} in {fmt_seconds(row.duration)}{why}")
+                verdict = "ok" if row.state == "ok" else "FAILED"
+                self._say(f"{ev.get('stage')} {verdict} in {fmt_seconds(row.duration)}{why}")
 
     def __rich__(self) -> Table:
         with self._lock:
@@ -537,7 +557,7 @@ class StageView:
                     name, state, fmt_seconds(took), row.network, row.line,
                     style=styles.get(row.state, ""),
                 )  # fmt: skip
-            table.caption = f"{self.note[:100]}  ({fmt_seconds(now - self._t0)})"
+            table.caption = f"{self.note[:100]}  ({fmt_seconds(now - self._t0)})".lstrip()
             table.caption_justify = "left"
             return table
 
@@ -646,9 +666,7 @@ def _summary_json(s: RunSummary, report: Path | None = None) -> dict[str, Any]:
 
 def _print_summary(s: RunSummary, console: Console) -> None:
     """Stage table, result line and, on failure, where it failed and its logs."""
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("stage", "result", "time", "network", "commands"):
-        table.add_column(col)
+    table = _table("stage", "result", "time", "network", "commands")
     for row in s.stages:
         style = {True: "green", False: "bold red", None: "yellow"}[row.ok]
         table.add_row(
@@ -662,7 +680,7 @@ def _print_summary(s: RunSummary, console: Console) -> None:
     score = "" if s.score is None else f" · score {s.score:g}"
     samples = "" if s.samples is None else f" · {s.samples} samples"
     verdict = {
-        True: "[bold green]ok[/]",
+        True: "[bold green]ok[/]" + (" (rollout only)" if s.phase == "rollout" else ""),
         False: "[bold red]FAILED[/]",
         None: "[yellow]unfinished[/]",
     }
@@ -705,9 +723,7 @@ def runs(
     if not infos:
         out.print(f"no runs under {path / '.aider_fsm' / 'artifacts'}", markup=False)
         return
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("run id", "started (UTC)", "state", "result", "score", "duration", "failed at"):
-        table.add_column(col)
+    table = _table("run id", "started (UTC)", "state", "result", "score", "duration", "failed at")
     for info, s in zip(infos, summaries, strict=True):
         result = {True: "[green]ok[/]", False: "[red]failed[/]", None: "-"}[info.ok]
         table.add_row(
@@ -736,7 +752,9 @@ def show(
     found = ids[:1] if run_id == "latest" else [i for i in ids if i.startswith(run_id)]
     if len(found) != 1:
         what = "matches several runs" if found else "matches no run"
-        raise typer.BadParameter(f"{run_id!r} {what} under {repo} (see: fsm-runner runs {repo})")
+        raise typer.BadParameter(
+            f"{run_id!r} {what} under {repo}; list them: fsm-runner runs {repo}"
+        )
     run_dir = repo / ".aider_fsm" / "artifacts" / found[0]
     summary = load_run(run_dir)
     _print_summary(summary, out)
@@ -746,21 +764,17 @@ def show(
 # -- doctor --------------------------------------------------------------------------
 
 
-def _opencode() -> tuple[str | None, str]:
-    """Where the OpenCode binary is: FSM_OPENCODE_BIN, PATH, or the project's .tools/."""
-    env = os.environ.get("FSM_OPENCODE_BIN")
-    if env:
-        ok = os.access(env, os.X_OK) and Path(env).is_file()
-        return (env if ok else None), f"FSM_OPENCODE_BIN={env}"
-    tools = Path(__file__).resolve().parents[1] / ".tools"
-    for cand in (
-        shutil.which("opencode"),
-        tools / "node_modules/.bin/opencode",
-        tools / "bin/opencode",
-    ):
-        if cand and os.access(cand, os.X_OK):
-            return str(cand), "found"
-    return None, "not on PATH, FSM_OPENCODE_BIN or .tools/"
+def _opencode_check() -> tuple[str, str, str, str]:
+    """OpenCode is optional: only scaffolding and repairing a contract need it."""
+    from runner.agent.binary import ENV_BIN, find_opencode
+
+    found = find_opencode()
+    if found is not None:
+        return "ok", "OpenCode", str(found), ""
+    explicit = os.environ.get(ENV_BIN, "").strip()
+    why = f"{ENV_BIN}={explicit} is not an opencode executable" if explicit else "not found"
+    fix = f"bash images/install-opencode.sh   # or put opencode on PATH, or set {ENV_BIN}"
+    return "warn", "OpenCode", f"{why} (needed only to scaffold or repair contracts)", fix
 
 
 @app.command()
@@ -795,16 +809,10 @@ def doctor() -> None:
     mark = "fail" if free < 2 else "warn" if free < 10 else "ok"
     fix = "fsm-runner gc && fsm-runner images prune" if mark != "ok" else ""
     checks.append((mark, "disk space", f"{free:.1f} GB free in {where}", fix))
-    binary, how = _opencode()
-    checks.append(
-        ("ok", "OpenCode", f"{binary} ({how})", "")
-        if binary
-        else ("warn", "OpenCode", f"{how}; needed only to scaffold or repair contracts",
-              "npm install --prefix .tools opencode-ai   # or set FSM_OPENCODE_BIN")
-    )  # fmt: skip
+    checks.append(_opencode_check())
     glyph = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[bold red]✗[/]"}
     for mark, what, detail, fix in checks:
-        out.print(f"{glyph[mark]} {what:<14} {detail}", highlight=False)
+        out.print(f"{glyph[mark]} {what:<14} {escape(detail)}")
         if fix:
             out.print(f"    fix: {fix}", markup=False)
     raise typer.Exit(1 if any(c[0] == "fail" for c in checks) else 0)
@@ -821,12 +829,15 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         exit_code = int(getattr(exc, "exit_code", 1))
         if type(exc).__name__ != "NoArgsIsHelpError":  # typer printed the help already
             ctx = getattr(exc, "ctx", None)
-            where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
             message = exc.format_message().replace("Value error, ", "")
+            where = (
+                f" (see: {ctx.command_path} --help)" if ctx and "fsm-runner" not in message else ""
+            )
             err.print(f"fsm-runner: error: {message}{where}", markup=False)
         sys.exit(exit_code)
     except typer.Abort:
-        sys.exit(130)
+        err.print("fsm-runner: aborted", markup=False)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

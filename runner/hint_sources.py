@@ -26,7 +26,7 @@ MAX_CI_FILES = 8
 MAX_FILE_BYTES = 1_000_000
 
 
-def _words(text: str) -> frozenset[str]:
+def words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
@@ -46,11 +46,11 @@ _SETUP = re.compile(
     r"|docker\s+(?:pull|build|push|login)|conda\s+(?:create|activate)|set)\b"
     r"|(?:python3?\s+-m\s+)?(?:venv|virtualenv)\b)"
 )
-_PASSIVE = _words(
+_PASSIVE = words(
     "echo printf cat ls head tail grep rg sed awk jq wc rm cp mv touch true false test "
     "which pwd sleep date tee"
 )
-_PROGRAMS = _words(
+_PROGRAMS = words(
     "bash sh zsh python python3 pip pip3 uv uvx poetry conda pdm hatch make just pytest "
     "py.test tox nox docker git npm npx yarn pnpm node go cargo accelerate torchrun "
     "deepspeed inspect coverage"
@@ -114,7 +114,7 @@ def _strip_comment(line: str) -> str:
 
 def _looks_like_command(line: str) -> bool:
     first = program_of(line)
-    if not first or first[0] in "@*[({<#|&-" or first == "eval":  # `eval "$(x)"` is shell
+    if not first or first[0] in "@*[({<#|&-":
         return False
     if first[0] in "./$" or "/" in first or first.endswith((".py", ".sh")):
         return True
@@ -137,13 +137,16 @@ def is_interesting(cmd: str) -> bool:
     """Whether a command looks like a test/evaluation run (not setup, not shell plumbing)."""
     if re.search(r"\|\s*(?:sudo\s+)?(?:ba|z|da)?sh\b", cmd) or _KEYVAL.match(cmd):
         return False
+    if program_of(cmd) == "eval":  # the shell builtin: `eval "$(pyenv init -)"`
+        return False
     return bool(_INTEREST.search(cmd)) and not _is_setup_only(cmd)
 
 
-def _logical_lines(lines: Iterable[str], *, prompt_only: bool = False) -> Iterator[str]:
-    """Join ``\\`` continuations; strip prompts and comments; drop REPL lines."""
-    pending = ""
-    for raw in lines:
+def _logical_lines(lines: Iterable[str], *, prompt_only: bool = False) -> Iterator[tuple[int, str]]:
+    """(index of first physical line, command): ``\\`` continuations joined, prompts,
+    comments and REPL lines dropped."""
+    pending, first = "", 0
+    for index, raw in enumerate(lines):
         line = raw.strip()
         prompt = _PROMPT.match(line)
         if prompt_only and not prompt and not pending:
@@ -154,21 +157,27 @@ def _logical_lines(lines: Iterable[str], *, prompt_only: bool = False) -> Iterat
             continue
         if pending:
             line, pending = f"{pending} {line}", ""
+        else:
+            first = index
         if line.endswith("\\"):
             pending = line[:-1].rstrip()
             continue
         line = _strip_comment(line)
         if line:
-            yield re.sub(r"[ \t]+", " ", line)
+            yield first, re.sub(r"[ \t]+", " ", line)
     if pending:
-        yield pending
+        yield first, pending
 
 
 # --- sources ------------------------------------------------------------------------
 
 
-def _read(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+def read_text(path: Path, limit: int = MAX_FILE_BYTES, *, root: Path | None = None) -> str:
+    """At most ``limit`` bytes as text; "" when unreadable or (with ``root``) when a link
+    leads outside ``root``: extraction runs on the host and must not read its files."""
     try:
+        if root is not None and not path.resolve().is_relative_to(root.resolve()):
+            return ""
         with path.open("rb") as fh:
             return fh.read(limit).decode("utf-8", errors="replace")
     except OSError:
@@ -202,25 +211,31 @@ def _rst_blocks(text: str) -> Iterator[tuple[int, str, list[str]]]:
         for nxt in lines[i + 1 :]:
             if nxt.strip() and len(nxt) - len(nxt.lstrip()) <= indent:
                 break
-            if not (body == [] and nxt.strip().startswith(":")):
-                body.append(nxt)
+            option = nxt.strip().startswith(":") and not any(b.strip() for b in body)
+            body.append("" if option else nxt)  # options blanked: line numbers stay right
         yield i + 2, m.group(2).lower(), body
 
 
 def _doc_hints(root: Path, path: Path) -> Iterator[Hint]:
-    text = _read(path)[:MAX_DOC_CHARS]
+    text = read_text(path, root=root)[:MAX_DOC_CHARS]
     blocks = _rst_blocks(text) if path.suffix == ".rst" else _markdown_blocks(text)
     rel = path.relative_to(root).as_posix()
     for start, lang, body in blocks:
         if lang not in _SHELL_LANGS and lang not in _PROMPT_ONLY_LANGS:
             continue
-        for cmd in _logical_lines(body, prompt_only=lang in _PROMPT_ONLY_LANGS):
+        for offset, cmd in _logical_lines(body, prompt_only=lang in _PROMPT_ONLY_LANGS):
             if _looks_like_command(cmd) and is_interesting(cmd):
-                yield Hint(cmd, f"{rel}:{start}")
+                yield Hint(cmd, f"{rel}:{start + offset}")
 
 
 def _doc_files(root: Path) -> list[Path]:
-    readmes = sorted(p for p in root.glob("README*") if p.suffix.lower() in (".md", ".rst", ""))
+    if not root.is_dir():
+        return []
+    readmes = sorted(
+        p
+        for p in root.iterdir()
+        if p.name.lower().startswith("readme") and p.suffix.lower() in (".md", ".rst", "")
+    )
     docs = root / "docs"
     more = sorted(
         p
@@ -231,13 +246,13 @@ def _doc_files(root: Path) -> list[Path]:
     return [p for p in [*readmes, *more] if p.is_file()][:MAX_DOC_FILES]
 
 
-def _load_yaml(path: Path) -> Any:
+def _load_yaml(path: Path, root: Path) -> Any:
     try:
         import yaml  # lazy: the sandbox image may not have PyYAML; extraction runs on the host
     except ImportError:
         return None
     try:
-        return yaml.safe_load(_read(path))
+        return yaml.safe_load(read_text(path, root=root))
     except yaml.YAMLError:
         return None
 
@@ -278,7 +293,7 @@ def _resolve_ci_expr(cmd: str, matrix: Mapping[str, str]) -> str:
 
 def _script_hints(script: str, source: str, *, keep_all: bool, cwd: str = "") -> Iterator[Hint]:
     """Hints from one CI script: interesting lines (all non-setup lines in a test step)."""
-    for line in _logical_lines(script.splitlines()):
+    for _, line in _logical_lines(script.splitlines()):
         if re.fullmatch(r"cd\s+\S+", line):
             cwd = line[3:].strip()
             continue
@@ -291,16 +306,16 @@ def _workflow_hints(root: Path, python: str) -> Iterator[Hint]:
     wf = root / ".github" / "workflows"
     files = sorted([*wf.glob("*.yml"), *wf.glob("*.yaml")]) if wf.is_dir() else []
     for path in files[:MAX_CI_FILES]:
-        data = _load_yaml(path)
+        data = _load_yaml(path, root)
         jobs = data.get("jobs") if isinstance(data, dict) else None
-        for job_name, job in (jobs or {}).items() if isinstance(jobs, dict) else ():
+        for job in (jobs or {}).values() if isinstance(jobs, dict) else ():
             if not isinstance(job, dict):
                 continue
             matrix = _matrix_pick((job.get("strategy") or {}).get("matrix"), python)
             for step in job.get("steps") or []:
                 if not isinstance(step, dict) or not isinstance(step.get("run"), str):
                     continue
-                named = f"{job_name} {step.get('name', '')}"
+                named = str(step.get("name") or "")  # a job name is too broad a signal
                 cwd = step.get("working-directory")
                 for hint in _script_hints(
                     step["run"],
@@ -312,7 +327,8 @@ def _workflow_hints(root: Path, python: str) -> Iterator[Hint]:
 
 
 def _gitlab_hints(root: Path) -> Iterator[Hint]:
-    data = _load_yaml(root / ".gitlab-ci.yml") if (root / ".gitlab-ci.yml").is_file() else None
+    path = root / ".gitlab-ci.yml"
+    data = _load_yaml(path, root) if path.is_file() else None
     for name, job in data.items() if isinstance(data, dict) else ():
         script = job.get("script") if isinstance(job, dict) else None
         lines = [script] if isinstance(script, str) else script
@@ -327,14 +343,15 @@ def _tox_hints(root: Path) -> Iterator[Hint]:
         return
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
-        parser.read_string(_read(path))
+        parser.read_string(read_text(path, root=root))
     except configparser.Error:
         return
     known = {"toxinidir": ".", "envpython": "python", "posargs": ""}
     for section in parser.sections():
         if section != "testenv" and not section.startswith("testenv:"):
             continue
-        for cmd in _logical_lines(parser.get(section, "commands", fallback="").splitlines()):
+        lines = parser.get(section, "commands", fallback="").splitlines()
+        for _, cmd in _logical_lines(lines):
             cmd = re.sub(r"\{posargs:([^{}]*)\}", r"\1", cmd.lstrip("- "))
             cmd = re.sub(r"\{(\w+)\}", lambda m: known.get(m.group(1), "{?}"), cmd)
             cmd = " ".join(t for t in cmd.split() if "{?}" not in t)
@@ -345,7 +362,7 @@ def _tox_hints(root: Path) -> Iterator[Hint]:
 def _nox_hints(root: Path) -> Iterator[Hint]:
     path = root / "noxfile.py"
     try:
-        tree = ast.parse(_read(path)) if path.is_file() else None
+        tree = ast.parse(read_text(path, root=root)) if path.is_file() else None
     except SyntaxError:
         return
     sessions: list[str] = []
@@ -376,12 +393,12 @@ def _nox_hints(root: Path) -> Iterator[Hint]:
 
 def _task_hints(root: Path) -> Iterator[Hint]:
     for name in ("Makefile", "makefile", "GNUmakefile"):
-        for line in _read(root / name).splitlines():
+        for line in read_text(root / name, root=root).splitlines():
             m = re.match(r"^([A-Za-z][\w.-]*)\s*::?(?!=)", line)
             if m and _TASK_NAME.fullmatch(m.group(1)):
                 yield Hint(f"make {m.group(1)}", name)
     try:
-        package = json.loads(_read(root / "package.json") or "{}")
+        package = json.loads(read_text(root / "package.json", root=root) or "{}")
     except ValueError:
         return
     scripts = package.get("scripts") if isinstance(package, dict) else None

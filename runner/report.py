@@ -94,7 +94,10 @@ class RunSummary:
     reason: str = ""
     metrics: dict[str, Any] | None = None
     samples: int | None = None
+    phase: str | None = None
+    """``rollout`` or ``evaluation``: which call's end event the result comes from."""
     sandbox: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
     stages: list[StageRow] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     error_files: list[Path] = field(default_factory=list)
@@ -208,6 +211,7 @@ def load_run(run_dir: Path) -> RunSummary:
         elif kind == "transition":
             summary.state = ev.get("to_state")
         elif kind in _END_KINDS:
+            summary.phase = str(kind).removesuffix("_end")
             summary.ok = ev.get("ok") is True
             summary.failed_stage = ev.get("failed_stage")
             summary.reason = str(ev.get("reason") or "")
@@ -219,6 +223,7 @@ def load_run(run_dir: Path) -> RunSummary:
             summary.findings.append(f"{kind}: {json.dumps(detail, default=str)}")
     _add_unlogged_stages(summary)
     summary.sandbox = _read_json(run_dir / "sandbox.json")
+    summary.policy = _read_json(run_dir / "policy.json")
     # The session writes contract and audit errors next to the commands, as *_error.txt.
     for path in sorted(run_dir.glob("env_api/*/*_error.txt")):
         if "audit" in path.name:
@@ -271,7 +276,7 @@ def _result_line(s: RunSummary) -> str:
     if s.ok is None:
         return "did not finish (no rollout or evaluation result was recorded)"
     if s.ok:
-        return "**ok**"
+        return "**ok**" if s.phase != "rollout" else "**ok** (rollout only: no evaluation recorded)"
     return f"**FAILED** at `{s.failed_stage or '?'}`: {_cell(s.reason, 300)}"
 
 
@@ -305,7 +310,7 @@ def render_markdown(s: RunSummary) -> str:
     lines += _failure_section(s)
     if s.metrics is not None:
         lines += ["", "## Metrics", "", "```json", json.dumps(s.metrics, indent=2), "```"]
-    lines += _sandbox_section(s.sandbox)
+    lines += _sandbox_section(s.sandbox, s.policy)
     lines += ["", "## Audit findings", ""]
     lines += [f"- {_cell(f, 400)}" for f in s.findings] or ["- none recorded"]
     lines += [
@@ -339,11 +344,14 @@ def _failure_section(s: RunSummary) -> list[str]:
     return out
 
 
-def _sandbox_section(sb: dict[str, Any]) -> list[str]:
+def _sandbox_section(sb: dict[str, Any], policy: dict[str, Any]) -> list[str]:
+    rules = (
+        f"- Command policy: {policy.get('mode', '-')} (unattended: {policy.get('unattended', '-')})"
+    )
     if not sb:
-        return ["", "## Sandbox", "", "- no sandbox was opened"]
+        return ["", "## Sandbox", "", "- no sandbox was opened", rules]
     limits = _mapping(sb.get("limits"))
-    out = [
+    return [
         "",
         "## Sandbox",
         "",
@@ -352,15 +360,8 @@ def _sandbox_section(sb: dict[str, Any]) -> list[str]:
         "- Limits: " + (", ".join(f"{k}={v}" for k, v in limits.items()) or "-"),
         "- Capabilities: " + (", ".join(map(str, sb.get("capabilities") or [])) or "none"),
         "- Security options: " + (", ".join(map(str, sb.get("security_opt") or [])) or "-"),
+        rules,
     ]
-    stages = _mapping(sb.get("stages"))
-    if stages:
-        out += ["", "| stage | network |", "|---|---|"]
-        out += [
-            f"| {name} | {info.get('network', '-') if isinstance(info, dict) else '-'} |"
-            for name, info in stages.items()
-        ]
-    return out
 
 
 def _mapping(value: object) -> dict[str, Any]:

@@ -31,6 +31,16 @@ from runner.contract import validate_metrics as _validate_metrics
 from runner.contract import validate_rollout as _validate_rollout
 from runner.errors import ContractError, RunnerError
 from runner.errors import SandboxError as RunnerSandboxError
+from runner.evidence import (
+    RUNNER_ROOT_IN_SANDBOX,
+    executed_commands,
+    helper_env,
+    hints_errors,
+    runner_package_dir,
+    trace_env,
+    truthy,
+)
+from runner.hints import hint_env
 from runner.llm import (
     LlmChoice,
     host_endpoint,
@@ -70,6 +80,11 @@ DEFAULT_METRICS_PATH = ".aider_fsm/metrics.json"
 _ENDPOINT_VARS = frozenset({"OPENAI_API_BASE", "OPENAI_BASE_URL"})
 _MODEL_VARS = _ENDPOINT_VARS | {"OPENAI_API_KEY"}
 MODEL_DIR_IN_SANDBOX = "/model"
+SANDBOX_BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+}
+"""The default image's environment, against which bootstrap.yml's ``$VARS`` expand."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,8 @@ class SessionOptions:
     audit: Literal["on", "off", "warn-only"] = "on"
     unattended: Literal["strict", "guided"] = "strict"
     progress: Progress | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    """KEY=VALUE pairs for every stage (``setup(env_file=...)``), masked like secrets."""
 
 
 @dataclass
@@ -126,6 +143,17 @@ class EnvSession:
         self._deployed = False
         self._rolled_out = False
         self._attempts: dict[str, int] = {}
+        self._stage_envs: dict[str, Mapping[str, str]] = {}
+        self._runner_root = (
+            RUNNER_ROOT_IN_SANDBOX
+            if options.backend == "docker"
+            else str(runner_package_dir().parent)
+        )
+        try:  # official commands from README/docs/CI; a broken file there is not fatal
+            self._hints = hint_env(repo.path, python_version="3.11")
+        except (OSError, ValueError) as exc:
+            self._hints = {}
+            log.warning("hint extraction failed: %s", exc)
         self._remote_llm = False
         security = pipeline.security
         self._policy = CommandPolicy(
@@ -140,6 +168,8 @@ class EnvSession:
         # Host secrets never reach stages (they get only what the runner passes), but any
         # value that does leak into output is still masked in every file we write.
         self.run_dir.add_secrets_from_env(os.environ)
+        for value in options.extra_env.values():
+            self.run_dir.add_secret(value)
         self.run_dir.write_json("policy.json", self._policy.describe())
         self.run_dir.event(
             "session_created",
@@ -211,11 +241,15 @@ class EnvSession:
             llm_endpoint=endpoint,
             limits=limits,
             # A local model directory is visible to stages read-only, at a fixed path.
-            readonly_mounts=(
-                {str(self.llm.model_dir): MODEL_DIR_IN_SANDBOX}
-                if self.llm is not None and self.llm.model_dir is not None
-                else {}
-            ),
+            readonly_mounts={
+                # The runner's stage helpers (generic_evaluation, ...), read-only.
+                str(runner_package_dir()): f"{RUNNER_ROOT_IN_SANDBOX}/runner",
+                **(
+                    {str(self.llm.model_dir): MODEL_DIR_IN_SANDBOX}
+                    if self.llm is not None and self.llm.model_dir is not None
+                    else {}
+                ),
+            },
             labels={"fsm-runner.run-id": self.run_id},
             # Outputs of earlier runs never enter the sandbox: only this run's can pass.
             exclude=(*SandboxSpec.exclude, *FIXED_OUTPUTS),
@@ -296,6 +330,11 @@ class EnvSession:
             bootstrap_env=self._bootstrap_env or {},
             llm_env=llm_env,
         )
+        env.update(helper_env(self._runner_root))
+        env.update(self.options.extra_env)
+        if name == "evaluation":
+            env.update(self._hints)
+            env.update(trace_env(self._runner_root))
         sec = self.pipeline.security
         max_cmd = limit_override("AIDER_FSM_MAX_CMD_SECONDS", overrides, spec.env) or (
             sec.max_cmd_seconds if sec else None
@@ -328,6 +367,7 @@ class EnvSession:
                 wanted, _net(sec.network if sec else None), self.options.network_cap
             )
             plan = dataclasses.replace(plan, network=capped)
+        self._stage_envs[name] = plan.env
         self._record_stage_network(name, plan.network.value)
         self._say(f"stage {name} ({len(plan.cmds)} command(s), network={plan.network.value})")
         result = self._exec_stage(sb, plan, p, (*STAGE_OUTPUTS.get(name, ()), *clear))
@@ -365,7 +405,10 @@ class EnvSession:
         sb = self._require_sandbox()
         spec = self.bootstrap_spec
         bdir = self.run_dir.subdir("env_api", "bootstrap")
-        seed = {"AIDER_FSM_REPO_ROOT": sb.workspace}
+        # ``$PATH``/``$HOME`` in bootstrap.yml mean the sandbox's, not the host's.
+        seed = {**SANDBOX_BASE_ENV, "AIDER_FSM_REPO_ROOT": sb.workspace}
+        if self.options.backend == "local":
+            seed = {**os.environ, "AIDER_FSM_REPO_ROOT": sb.workspace}
         applied = absolutize_env_paths(expand_env(spec.env, seed), sb.workspace) if spec else {}
         if spec is not None:
             self.run_dir.write_text(
@@ -397,6 +440,8 @@ class EnvSession:
             bootstrap_env=applied,
             llm_env={},
         )
+        env.update(helper_env(self._runner_root))
+        env.update(self.options.extra_env)
         plan = StagePlan(
             name="bootstrap",
             cmds=tuple(spec.cmds) if spec else (),
@@ -669,6 +714,8 @@ class EnvSession:
         res = self._run("evaluation", p, mode, overrides, clear=(metrics_rel,))
         if res is not None and not res.ok:
             return False
+        if not self._hints_hold(p, result):
+            return False
         metrics = self._collect_metrics(p, metrics_rel, required, "evaluation", result)
         if metrics is None:
             return False
@@ -691,6 +738,31 @@ class EnvSession:
             ):
                 return False
         return True
+
+    def _hints_hold(self, p: _Pass, result: EvaluationResult) -> bool:
+        """When the evaluation env requires hints, check hints_*.json against our evidence."""
+        env = self._stage_envs.get("evaluation", {})
+        if not truthy(env.get("AIDER_FSM_REQUIRE_HINTS")):
+            return True
+        used, _ = self._sync_output(".aider_fsm/hints_used.json", p)
+        ran, _ = self._sync_output(".aider_fsm/hints_run.json", p)
+        self._pull_stage_files(p)
+        files = p.host_dir / "stage_files"
+        absent = p.host_dir / "outputs" / ".aider_fsm"
+        errors = hints_errors(
+            hints_used_path=used or absent / "hints_used.json",
+            hints_run_path=ran or absent / "hints_run.json",
+            env=env,
+            executed=executed_commands(p.verify.evaluation, files),
+            stage_files=files,
+        )
+        if not errors:
+            return True
+        p.verify.metrics_errors.extend(errors)
+        p.verify.fail("evaluation")
+        result.reason = "; ".join(errors)
+        self.run_dir.write_text(f"env_api/{p.name}/hints_requirement_error.txt", result.reason)
+        return False
 
     def _collect_metrics(
         self, p: _Pass, rel: str, required: list[str], stage: str, result: EvaluationResult

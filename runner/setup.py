@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 from runner.artifacts import RunDir
 from runner.contract import load_actions, load_bootstrap, load_pipeline
+from runner.dotenv import load_env_file
 from runner.errors import ContractError
 from runner.session import EnvSession, SessionOptions
 from runner.targets import resolve_target
@@ -45,6 +46,7 @@ def setup(
     network: Literal["none", "llm", "egress"] | None = None,
     limits: Limits | None = None,
     offline: bool = False,
+    env_file: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     **opencode: Any,
 ) -> EnvSession:
@@ -64,6 +66,8 @@ def setup(
         network: the most network any stage may get; never loosened by the contract.
         limits: container limits (memory, cpus, pids, ...); the contract can only tighten them.
         offline: never fetch remote targets; use what ``clones_dir`` holds.
+        env_file: a ``.env`` file (KEY=VALUE) whose pairs reach every stage, masked in
+            every file written; never read from the target repo implicitly.
         progress: called with one line per step (the CLI shows these).
         **opencode: the predecessor's ``opencode_*`` / ``strict_opencode`` / ``*_bash`` options,
             accepted for compatibility and recorded; the agent arrives with scaffold/repair.
@@ -110,6 +114,7 @@ def setup(
         audit=audit,
         unattended=unattended,
         progress=progress,
+        extra_env=load_env_file(Path(env_file).expanduser()) if env_file else {},
     )
     if opencode:
         run_dir.event("agent_options_recorded", keys=sorted(opencode))

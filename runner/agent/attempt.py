@@ -8,7 +8,9 @@ afterwards. Everything an attempt leaves is under ``record_rel`` in the run dir:
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,8 @@ from typing import Any
 
 from runner.agent.config import Bounds, ModelRoute
 from runner.agent.scope import AIDER_DIR, ScopeReport, host_manifest, in_scope, take_back
-from runner.agent.server import AgentServer, Transcript
+from runner.agent.server import AgentServer
+from runner.agent.transcript import Transcript
 from runner.artifacts import RunDir
 from runner.errors import AgentError
 from sandbox import SandboxSpec
@@ -24,6 +27,7 @@ from sandbox import SandboxSpec
 WORKSPACE_EXCLUDE = SandboxSpec().exclude
 """What the sandbox copy leaves out; the manifests leave out the same."""
 STAGES_DIR = f"{AIDER_DIR}/stages/"
+_BASE_VARS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,36 @@ class AgentSettings:
     image: str | None = None
     opencode_bin: Path | None = None
     pipeline_rel: str = "pipeline.yml"
+
+    @classmethod
+    def build(
+        cls,
+        model: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        bounds: Bounds | None = None,
+        image: str | None = None,
+        opencode_bin: Path | None = None,
+        pipeline_rel: str = "pipeline.yml",
+    ) -> AgentSettings:
+        """Settings from ``opencode_model`` and the endpoint variables.
+
+        ``OPENAI_API_BASE`` (or ``OPENAI_BASE_URL``) and ``OPENAI_API_KEY`` are read from
+        ``env`` first (the caller's ``env_overrides``), then from the process environment.
+
+        Raises:
+            AgentError: bad model name or no endpoint.
+        """
+        sources = (env or {}, os.environ)
+        base = next((s[k] for s in sources for k in _BASE_VARS if s.get(k)), None)
+        key = next((s["OPENAI_API_KEY"] for s in sources if s.get("OPENAI_API_KEY")), None)
+        return cls(
+            route=ModelRoute.parse(model, base_url=base, api_key=key),
+            bounds=bounds or Bounds(),
+            image=image,
+            opencode_bin=opencode_bin,
+            pipeline_rel=pipeline_rel,
+        )
 
 
 @dataclass

@@ -17,6 +17,16 @@ from typing import Any
 
 from runner.errors import AgentError
 
+AGENT_ROOT = "/fsm-agent"
+"""Everything of ours inside the agent sandbox lives here (outside the workspace)."""
+ETC = f"{AGENT_ROOT}/etc"
+"""Read-only mount: opencode.json and the helper scripts."""
+BIN = f"{AGENT_ROOT}/bin"
+"""Read-only mounts: the opencode binary (and the host's rg, if any)."""
+HOME = f"{AGENT_ROOT}/home"
+REQ = f"{AGENT_ROOT}/req"
+"""Request bodies pushed by the client."""
+
 PROVIDER_ID = "fsm"
 """Our provider's id inside OpenCode; never one of its built-ins (``openai`` would pull
 in a different SDK and the Responses API)."""

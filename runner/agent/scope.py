@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -40,9 +40,9 @@ MAX_SCOPE_BYTES = 16 * 1024 * 1024
 MAX_DIFF_FILE_BYTES = 256 * 1024
 MAX_DIFF_CHARS = 1_000_000
 OUTSIDE_PRUNE = ("/proc", "/sys", "/dev")
-# What OpenCode itself writes outside its HOME while running (Bun's native module
-# extraction, its tool-output scratch dir); not the agent's doing.
-_RUNTIME_NOISE = ("/tmp/opencode/",)
+# What OpenCode itself writes outside its HOME while running (its scratch dir, and the
+# native module its Bun runtime extracts as /tmp/.<hex>-<hex>.so); not the agent's doing.
+_RUNTIME_NOISE = re.compile(r"^/tmp/(?:opencode/.*|\.[0-9a-f]+-[0-9a-f]+\.so)$")
 
 Manifest = dict[str, list[Any]]
 Status = Literal["created", "modified", "deleted"]
@@ -138,7 +138,7 @@ def take_back(
     Raises:
         AgentError: the sandbox failed while pulling.
     """
-    report = ScopeReport(outside_workspace=[p for p in outside if not p.startswith(_RUNTIME_NOISE)])
+    report = ScopeReport(outside_workspace=[p for p in outside if not _RUNTIME_NOISE.match(p)])
     wanted: list[FileChange] = []
     for change in compare(before, after):
         if not in_scope(change.path, pipeline_rel):
@@ -259,12 +259,30 @@ def _host_path(repo_root: Path, rel: str, *, create: bool) -> Path:
 
 
 def _apply(repo_root: Path, change: FileChange, content: tuple[bytes, bool] | None) -> None:
-    target = _host_path(repo_root, change.path, create=content is not None)
     if content is None:
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        return
-    data, executable = content
+        remove_file(repo_root, change.path)
+    else:
+        write_file(repo_root, change.path, *content)
+
+
+def remove_file(repo_root: Path, rel: str) -> None:
+    """Delete ``repo_root/rel`` (a link is removed, never followed).
+
+    Raises:
+        AgentError: a parent directory is a link.
+    """
+    target = _host_path(repo_root, rel, create=False)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+
+
+def write_file(repo_root: Path, rel: str, data: bytes, executable: bool = False) -> None:
+    """Write ``repo_root/rel`` atomically, creating real parent directories.
+
+    Raises:
+        AgentError: a parent is a link or not a directory, or ``rel`` leaves the repo.
+    """
+    target = _host_path(repo_root, rel, create=True)
     # os.replace swaps the name: a link planted at the target is replaced, never followed.
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -273,8 +291,14 @@ def _apply(repo_root: Path, change: FileChange, content: tuple[bytes, bool] | No
             fh.write(data)
         os.chmod(tmp, 0o755 if executable else 0o644)
         os.replace(tmp, target)
+    except OSError as exc:
+        raise AgentError(f"cannot write {rel} into the repo: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _diffable(meta: dict[str, Any] | None) -> bool:
+    return meta is not None and meta["kind"] == "file" and int(meta["size"]) <= MAX_DIFF_FILE_BYTES
 
 
 def _text(data: bytes | None) -> list[str] | None:
@@ -301,12 +325,11 @@ def _diff(
         new: bytes | None = None
         if rel in pulled:
             new = pulled[rel][0]
-        elif change.after is not None and change.after["kind"] == "file":
-            if int(change.after["size"]) <= MAX_DIFF_FILE_BYTES:
-                try:
-                    new = sandbox.read_file(rel, limit=MAX_DIFF_FILE_BYTES)
-                except (FileNotFoundError, SandboxError):
-                    new = None
+        elif _diffable(change.after):
+            try:
+                new = sandbox.read_file(rel, limit=MAX_DIFF_FILE_BYTES)
+            except (FileNotFoundError, SandboxError):
+                new = None
         a = _text(old) if change.before is not None else []
         b = _text(new) if change.after is not None else []
         if (
@@ -325,17 +348,11 @@ def _diff(
                     tofile=f"b/{rel}" if change.after else "/dev/null",
                 )
             )
+        if piece and not piece.endswith("\n"):
+            piece += "\n\\ No newline at end of file\n"
         size += len(piece)
         if size > MAX_DIFF_CHARS:
             chunks.append(f"[diff truncated at {MAX_DIFF_CHARS} chars]\n")
             break
         chunks.append(piece)
     return "".join(chunks)
-
-
-def read_json_list(text: str) -> list[str]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else []

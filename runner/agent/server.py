@@ -1,92 +1,65 @@
-"""``opencode serve`` inside a disposable sandbox, and the runner's HTTP client for it.
+"""``opencode serve`` inside a disposable sandbox: start, health, stop, inspect.
 
 Where the server runs: a Docker sandbox holding a copy of the repo, on the ``llm``
 network (it reaches the model relay and nothing else; a remote API gets ordinary egress
 instead, as stages do). The binary and our config are mounted read-only, HOME is fresh,
 and a random ``OPENCODE_SERVER_PASSWORD`` guards the API. The agent's bash tool therefore
-runs in the container, never on the host.
+runs in the container, never on the host. Requests go through ``client.py`` (one
+``sandbox.exec`` each: the host cannot connect into an ``llm`` sandbox, by design).
 
-How we talk to it: the server listens on the container's loopback and every request is
-one ``sandbox.exec`` of a tiny stdlib client (``python3``, present in the default image).
-Reaching the container's address from the host is not possible by design: the ``llm``
-network's host firewall drops everything the sandbox sends to the host except the relay
-port, replies to our own connections included (measured: a host->container connect
-times out). Transient failures (server starting, connection refused) are retried with
-tenacity; every request and the whole run are bounded (``config.Bounds``).
+Bounded: the start (``Bounds.startup_s``), each request (``request_s``), the whole run
+(``total_s``), and a model that stopped answering (``model_down_s``). ``close()`` ends
+every process the agent started, saves the server log into the run dir and removes the
+sandbox, whatever happened before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shlex
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from urllib.parse import urlsplit, urlunsplit
 
 from runner.agent import _manifest, binary
+from runner.agent.client import HTTP_CLIENT, PORT, USERNAME, ExecHttpClient
 from runner.agent.config import (
+    AGENT_ROOT,
+    BIN,
     ENV_API_KEY,
     ENV_BASE_URL,
+    ETC,
+    HOME,
     OFFLINE_ENV,
     PLUGIN_LOCK,
+    REQ,
     Bounds,
     ModelRoute,
     config_text,
 )
+from runner.agent.transcript import ModelUnreachable, Transcript, run_prompt
 from runner.artifacts import RunDir
 from runner.errors import AgentError
 from runner.llm import host_endpoint, normalise_base_url
 from sandbox import Limits, NetworkPolicy, Sandbox, SandboxError, SandboxSpec, open_sandbox
 
-AGENT_ROOT = "/fsm-agent"
-ETC = f"{AGENT_ROOT}/etc"
-BIN = f"{AGENT_ROOT}/bin"
-HOME = f"{AGENT_ROOT}/home"
-REQ = f"{AGENT_ROOT}/req"
 SERVE_LOG = f"{AGENT_ROOT}/serve.log"
 MARKER = f"{AGENT_ROOT}/started.marker"
 PRE_PIDS = f"{AGENT_ROOT}/pre.pids"
 PID_FILE = f"{AGENT_ROOT}/serve.pid"
-PORT = 4096
-USERNAME = "opencode"
-RESPONSE_LIMIT = 32 * 1024 * 1024
 LOG_LIMIT = 4 * 1024 * 1024
-POLL_S = 0.5
 AGENT_LIMITS = Limits(memory="3g", cpus=2.0, pids=1024)
 """OpenCode alone takes ~610 MB RSS and starts in ~5 s on two cores (notes/opencode.md)."""
-
-# The client runs inside the sandbox. No proxy: the server is on the container's loopback.
-HTTP_CLIENT = r"""
-import base64, json, os, sys, urllib.error, urllib.request
-method, path, body_file, timeout = sys.argv[1:5]
-data = open(body_file, "rb").read() if body_file != "-" else None
-url = "http://127.0.0.1:%s%s" % (os.environ["FSM_OC_PORT"], path)
-req = urllib.request.Request(url, data=data, method=method)
-req.add_header("Content-Type", "application/json")
-cred = ("%s:%s" % (os.environ["FSM_OC_USER"], os.environ["FSM_OC_PASSWORD"])).encode()
-req.add_header("Authorization", "Basic " + base64.b64encode(cred).decode())
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    with opener.open(req, timeout=float(timeout)) as resp:
-        out = {"status": resp.status, "body": resp.read().decode("utf-8", "replace")}
-except urllib.error.HTTPError as exc:
-    out = {"status": exc.code, "body": exc.read().decode("utf-8", "replace")}
-except Exception as exc:
-    out = {"status": 0, "error": "%s: %s" % (type(exc).__name__, exc)}
-sys.stdout.write(json.dumps(out))
-"""
-
 
 # Kills every process that did not exist before the server started (the server, the
 # agent's shells, anything they daemonised, whatever environment they cleared), but not
 # the container's init and main process. Builtins only in the loop: a child we spawned
-# would be a new pid and kill itself.
+# would be a new pid and kill itself; zombies (our own exec's parent) are skipped.
 KILL_NEW = r"""
 keep=" "
 while read -r p; do keep="$keep$p "; done < "$1"
@@ -98,6 +71,9 @@ while [ $i -lt 20 ]; do
     p=${d#/proc/}
     [ "$p" = "$self" ] && continue
     case "$keep" in *" $p "*) continue ;; esac
+    read -r stat < "$d/stat" 2>/dev/null || continue
+    state=${stat##*) }
+    [ "${state%% *}" = Z ] && continue
     kill -KILL "$p" 2>/dev/null && found=1
   done
   [ -z "$found" ] && exit 0
@@ -105,51 +81,6 @@ while [ $i -lt 20 ]; do
 done
 exit 1
 """
-
-
-class _Transient(Exception):
-    """The server did not answer (starting, restarting): worth another try."""
-
-
-@dataclass
-class Transcript:
-    """What one prompt produced: the session's messages, and how it ended."""
-
-    session_id: str
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    """The last assistant message's error (model error, abort), if any."""
-    duration_s: float = 0.0
-
-    def tool_calls(self) -> list[dict[str, Any]]:
-        """Every tool part: ``{tool, status, input, output}`` (output/error tail-capped)."""
-        calls: list[dict[str, Any]] = []
-        for msg in self.messages:
-            for part in msg.get("parts") or []:
-                if not isinstance(part, dict) or part.get("type") != "tool":
-                    continue
-                state = part.get("state") or {}
-                out = state.get("output") if "output" in state else state.get("error")
-                calls.append(
-                    {
-                        "tool": part.get("tool"),
-                        "status": state.get("status"),
-                        "input": state.get("input"),
-                        "output": str(out or "")[-4000:],
-                    }
-                )
-        return calls
-
-    def text(self) -> str:
-        """The assistant's text parts, joined (its final explanation)."""
-        chunks = []
-        for msg in self.messages:
-            if (msg.get("info") or {}).get("role") != "assistant":
-                continue
-            for part in msg.get("parts") or []:
-                if isinstance(part, dict) and part.get("type") == "text":
-                    chunks.append(str(part.get("text") or ""))
-        return "\n".join(c for c in chunks if c)
 
 
 def preflight(route: ModelRoute, timeout_s: float = 3.0) -> tuple[str, int] | None:
@@ -167,7 +98,7 @@ def preflight(route: ModelRoute, timeout_s: float = 3.0) -> tuple[str, int] | No
         with socket.create_connection(endpoint, timeout=timeout_s):
             pass
     except OSError as exc:
-        raise AgentError(
+        raise ModelUnreachable(
             f"model endpoint {route.base_url} is not reachable ({exc}); is the model server running?"
         ) from exc
     return endpoint
@@ -201,7 +132,7 @@ class AgentServer:
         self.sandbox: Sandbox | None = None
         self.deadline = time.monotonic() + bounds.total_s
         self._etc = tempfile.TemporaryDirectory(prefix="fsm-agent-etc-")
-        self._seq = 0
+        self._client: ExecHttpClient | None = None
         self._stopped = False
         self._closed = False
 
@@ -254,14 +185,15 @@ class AgentServer:
             self.sandbox = open_sandbox(spec)
         except SandboxError as exc:
             raise AgentError(f"cannot open the agent sandbox: {exc}") from exc
+        self._client = ExecHttpClient(
+            self.sandbox, self.password, request_s=self.bounds.request_s, remaining=self.remaining
+        )
         base_url = self._sandbox_base_url()
         self._prepare_home()
         self._launch(base_url)
         self._wait_healthy()
 
     def _sandbox_base_url(self) -> str:
-        from urllib.parse import urlsplit, urlunsplit
-
         assert self.sandbox is not None
         base = normalise_base_url(self.route.base_url)
         address = self.sandbox.llm_address
@@ -274,7 +206,7 @@ class AgentServer:
     def _exec(self, command: str, *, timeout: float, env: dict[str, str] | None = None) -> Any:
         assert self.sandbox is not None
         try:
-            return self.sandbox.exec(command, env=env, timeout=timeout, output_limit=RESPONSE_LIMIT)
+            return self.sandbox.exec(command, env=env, timeout=timeout)
         except SandboxError as exc:
             raise AgentError(f"agent sandbox failed: {exc}") from exc
 
@@ -321,7 +253,7 @@ class AgentServer:
         limit = time.monotonic() + min(self.bounds.startup_s, max(self.remaining(), 1.0))
         last = ""
         while time.monotonic() < limit:
-            out = self._raw("GET", "/global/health", None, timeout=2.0)
+            out = self.client.raw("GET", "/global/health", timeout=2.0)
             if out.get("status") == 200:
                 return
             last = str(out.get("error") or out.get("body") or "")
@@ -331,6 +263,28 @@ class AgentServer:
             time.sleep(0.25)
         raise AgentError(
             f"opencode serve did not answer within {self.bounds.startup_s:.0f}s ({last[:300]})"
+        )
+
+    @property
+    def client(self) -> ExecHttpClient:
+        if self._client is None:
+            raise AgentError("the agent server is not started")
+        return self._client
+
+    def run_prompt(self, title: str, text: str) -> Transcript:
+        """One prompt in a new session (see ``transcript.run_prompt``).
+
+        Raises:
+            ModelUnreachable: the model stopped answering for ``bounds.model_down_s``.
+            AgentError: out of time, or the server failed.
+        """
+        return run_prompt(
+            self.client,
+            self.route,
+            self.bounds,
+            title=title,
+            text=text,
+            remaining=self.remaining,
         )
 
     def server_log(self) -> str:
@@ -349,7 +303,7 @@ class AgentServer:
         # SIGTERM lets OpenCode flush its logs (~0.3 s); then nothing may keep writing
         # while the workspace is listed and pulled.
         self._exec(f"kill -TERM $(cat {PID_FILE}) 2>/dev/null; sleep 0.5", timeout=15)
-        res = self._exec(f"sh {ETC}/kill_new.sh {PRE_PIDS}", timeout=30)
+        res = self._exec(f"exec sh {ETC}/kill_new.sh {PRE_PIDS}", timeout=30)
         if not res.ok:
             raise AgentError(f"could not stop the agent's processes: {res.stderr[-300:]}")
 
@@ -396,10 +350,8 @@ class AgentServer:
         self._closed = True
         try:
             if self.sandbox is not None:
-                try:
+                with contextlib.suppress(AgentError):
                     self.stop_processes()
-                except AgentError:
-                    pass
                 log = self.server_log()
                 if log:
                     self.run_dir.write_text(f"{self.log_rel}/opencode_server.log", log)
@@ -407,143 +359,3 @@ class AgentServer:
             if self.sandbox is not None:
                 self.sandbox.close()
             self._etc.cleanup()
-
-    # -- HTTP --------------------------------------------------------------------------
-
-    def _raw(self, method: str, path: str, body: Any, *, timeout: float) -> dict[str, Any]:
-        """One request through the in-sandbox client: ``{status, body}`` or ``{status: 0, error}``."""
-        assert self.sandbox is not None
-        body_arg = "-"
-        if body is not None:
-            self._seq += 1
-            body_arg = f"{REQ}/{self._seq}.json"
-            with tempfile.TemporaryDirectory(prefix="fsm-agent-req-") as tmp:
-                host = Path(tmp) / "body.json"
-                host.write_text(json.dumps(body))
-                try:
-                    self.sandbox.push(host, body_arg)
-                except SandboxError as exc:
-                    raise AgentError(f"agent sandbox failed: {exc}") from exc
-        cmd = (
-            f"python3 {ETC}/http_client.py {shlex.quote(method)} {shlex.quote(path)} "
-            f"{shlex.quote(body_arg)} {timeout:.1f}"
-        )
-        env = {"FSM_OC_PORT": str(PORT), "FSM_OC_USER": USERNAME, "FSM_OC_PASSWORD": self.password}
-        res = self._exec(cmd, timeout=timeout + 15, env=env)
-        if res.timed_out:
-            return {"status": 0, "error": f"request {method} {path} timed out"}
-        try:
-            out: dict[str, Any] = json.loads(res.stdout)
-        except ValueError:
-            return {
-                "status": 0,
-                "error": f"client failed (rc={res.exit_code}): {res.stderr[-500:]}",
-            }
-        return out
-
-    def request(
-        self, method: str, path: str, body: Any = None, timeout: float | None = None
-    ) -> Any:
-        """JSON request with retries on transient failures, bounded by ``request_s``.
-
-        Raises:
-            AgentError: an HTTP error status, or no answer within the bound.
-        """
-        per_try = min(timeout or self.bounds.request_s, max(self.remaining(), 1.0))
-
-        def once() -> Any:
-            out = self._raw(method, path, body, timeout=per_try)
-            status = int(out.get("status") or 0)
-            if status == 0 or status in (502, 503, 504):
-                raise _Transient(str(out.get("error") or out.get("body") or status))
-            text = str(out.get("body") or "")
-            if status >= 400:
-                raise AgentError(f"opencode {method} {path} -> HTTP {status}: {text[:500]}")
-            return json.loads(text) if text.strip() else None
-
-        try:
-            for attempt in Retrying(
-                retry=retry_if_exception_type(_Transient),
-                stop=stop_after_delay(max(min(self.bounds.request_s, self.remaining()), 1.0)),
-                wait=wait_exponential(multiplier=0.25, max=2.0),
-                reraise=True,
-            ):
-                with attempt:
-                    return once()
-        except _Transient as exc:
-            raise AgentError(f"opencode server did not answer {method} {path}: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    # -- prompts -------------------------------------------------------------------------
-
-    def run_prompt(self, title: str, text: str) -> Transcript:
-        """Send ``text`` to a new session and wait until the agent loop ends.
-
-        Raises:
-            AgentError: the model endpoint stays unreachable for ``model_down_s`` (OpenCode
-                is retrying), or the run exceeds ``total_s``; the session is aborted first.
-        """
-        started = time.monotonic()
-        session = self.request("POST", "/session", {"title": title})
-        sid = str(session.get("id") or session.get("sessionID") or "")
-        if not sid:
-            raise AgentError(f"opencode returned no session id: {str(session)[:300]}")
-        body = {
-            "agent": "build",
-            "model": self.route.body_model,
-            "parts": [{"type": "text", "text": text}],
-            "tools": {"question": False, "task": False, "webfetch": False},
-        }
-        self.request("POST", f"/session/{sid}/prompt_async", body)
-        retry_since: float | None = None
-        while True:
-            time.sleep(POLL_S)
-            if self.remaining() <= 0:
-                self._abort(sid)
-                raise AgentError(f"the agent did not finish within {self.bounds.total_s:.0f}s")
-            status = (self.request("GET", "/session/status") or {}).get(sid) or {"type": "idle"}
-            kind = status.get("type")
-            if kind == "retry":
-                retry_since = retry_since or time.monotonic()
-                if time.monotonic() - retry_since > self.bounds.model_down_s:
-                    self._abort(sid)
-                    raise AgentError(
-                        "model endpoint unreachable: OpenCode kept retrying for "
-                        f"{self.bounds.model_down_s:.0f}s ({status.get('message', '')[:300]})"
-                    )
-                continue
-            retry_since = None
-            if kind == "idle":
-                messages = self.request("GET", f"/session/{sid}/message") or []
-                if _finished(messages):
-                    break
-        transcript = Transcript(sid, messages, duration_s=time.monotonic() - started)
-        transcript.error = _last_error(messages)
-        return transcript
-
-    def _abort(self, sid: str) -> None:
-        try:
-            self.request("POST", f"/session/{sid}/abort", {}, timeout=5.0)
-        except AgentError:
-            pass
-
-
-def _finished(messages: list[dict[str, Any]]) -> bool:
-    if not messages:
-        return False
-    info = messages[-1].get("info") or {}
-    if info.get("role") != "assistant":
-        return False
-    return bool((info.get("time") or {}).get("completed") or info.get("error"))
-
-
-def _last_error(messages: list[dict[str, Any]]) -> str | None:
-    for msg in reversed(messages):
-        info = msg.get("info") or {}
-        if info.get("role") == "assistant":
-            err = info.get("error")
-            if not err:
-                return None
-            data = err.get("data") or {}
-            return f"{err.get('name', 'error')}: {data.get('message', '')}".strip()
-    return None

@@ -1,0 +1,167 @@
+"""Stage outputs built to hang or exhaust the runner: FIFOs, 2 GB sparse files, a very deep
+folder. Reading them must be bounded (time, memory, disk) and end in a reported reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runner.results import EvaluationResult
+from runner.session import EnvSession
+from tests.contract_repos import DEPLOY_SETUP, make_repo
+from tests.hostile import HostWatch, docker_setup, labelled_containers, largest_file
+
+pytestmark = pytest.mark.docker
+
+MB = 1 << 20
+RUN_DIR_FILE_CAP = 64 * MB
+"""No single file the runner writes for these outputs should be bigger than this."""
+RSS_GROWTH_CAP = 512 * MB
+
+
+def _events(sess: EnvSession) -> list[dict[str, object]]:
+    lines = (sess.artifacts_dir / "events.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_fifo_outputs_neither_hang_nor_pass(tmp_path: Path, default_image: str) -> None:
+    deploy_setup = (
+        DEPLOY_SETUP + "rm -f .aider_fsm/runtime_env.json\nmkfifo .aider_fsm/runtime_env.json\n"
+    )
+    evaluation = (
+        "mkfifo .aider_fsm/metrics.json .aider_fsm/hints_used.json\n"
+        'mkfifo "$AIDER_FSM_ARTIFACTS_DIR/pipe"\n'
+        'echo kept > "$AIDER_FSM_ARTIFACTS_DIR/note.txt"\n'
+    )
+    repo = make_repo(tmp_path / "repo", deploy_setup=deploy_setup, evaluation=evaluation)
+    started = time.monotonic()
+    with docker_setup(repo) as sess:
+        roll = sess.rollout(llm="m", repair_iters=0)
+        assert roll.ok, roll.reason
+        res = sess.evaluate(repair_iters=0)
+    assert time.monotonic() - started < 60
+    assert not res.ok
+    assert res.failed_stage == "metrics"
+    assert "metrics_file_missing" in res.reason, res.reason
+    aider = repo / ".aider_fsm"
+    for name in ("runtime_env.json", "metrics.json", "hints_used.json"):
+        assert not (aider / name).exists() or (aider / name).is_file(), name
+    refused = [e for e in _events(sess) if e["kind"] == "stage_files_refused"]
+    assert refused and "fifo" in str(refused[0]["reason"]), refused
+    assert labelled_containers(sess.run_id) == []
+
+
+@dataclass
+class SparseMetricsRun:
+    sess: EnvSession
+    repo: Path
+    res: EvaluationResult
+    seconds: float
+    watch: HostWatch
+
+
+@pytest.fixture(scope="module")
+def sparse_metrics(
+    tmp_path_factory: pytest.TempPathFactory, default_image: str
+) -> Iterator[SparseMetricsRun]:
+    repo = make_repo(
+        tmp_path_factory.mktemp("sparse") / "repo",
+        evaluation="truncate -s 2G .aider_fsm/metrics.json\n",
+    )
+    sess = docker_setup(repo)
+    try:
+        roll = sess.rollout(llm="m", repair_iters=0)
+        assert roll.ok, roll.reason
+        started = time.monotonic()
+        with HostWatch() as watch:
+            res = sess.evaluate(repair_iters=0)
+        run = SparseMetricsRun(sess, repo, res, time.monotonic() - started, watch)
+        yield run
+    finally:
+        sess.close()
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def test_2gb_sparse_metrics_fails_fast_with_bounded_memory_and_disk(
+    sparse_metrics: SparseMetricsRun,
+) -> None:
+    run = sparse_metrics
+    assert run.seconds < 60
+    assert not run.res.ok
+    assert run.res.failed_stage == "metrics"
+    assert "metrics.json" in run.res.reason, run.res.reason
+    assert run.watch.rss_growth < RSS_GROWTH_CAP, run.watch.rss_growth
+    size, path = largest_file(run.sess.artifacts_dir)
+    assert size < RUN_DIR_FILE_CAP, path
+    host_copy = run.repo / ".aider_fsm" / "metrics.json"
+    assert not host_copy.exists() or host_copy.stat().st_size < RUN_DIR_FILE_CAP
+
+
+def test_2gb_sparse_metrics_is_read_in_bounded_io(sparse_metrics: SparseMetricsRun) -> None:
+    # The runner's own reads and writes for this evaluation stay far below the file's size.
+    assert sparse_metrics.watch.io_bytes < 256 * MB, sparse_metrics.watch.io_bytes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: samples and stage files are copied whole, and scrub_tree reads each file whole",
+)
+def test_256mb_sparse_samples_and_artifact_are_read_bounded(
+    tmp_path: Path, default_image: str
+) -> None:
+    rollout = (
+        'truncate -s 256M samples.jsonl "$AIDER_FSM_ARTIFACTS_DIR/big.bin"\n'
+        """echo '{"ok": true, "paths": {"samples_jsonl": "samples.jsonl"}}' > .aider_fsm/rollout.json\n"""
+    )
+    repo = make_repo(tmp_path / "repo", rollout=rollout)
+    try:
+        started = time.monotonic()
+        with HostWatch() as watch, docker_setup(repo) as sess:
+            roll = sess.rollout(llm="m", require_samples=True, repair_iters=0)
+        assert time.monotonic() - started < 120
+        assert not roll.ok
+        assert roll.failed_stage == "rollout"
+        assert "samples" in roll.reason, roll.reason
+        size, path = largest_file(sess.artifacts_dir)
+        assert size < RUN_DIR_FILE_CAP, f"{path}: {size} bytes copied into the run dir"
+        assert watch.rss_growth < 128 * MB, watch.rss_growth
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)  # gigabytes of zeros, if the runner wrote them
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: hostfs._collect recurses per folder level; RecursionError escapes evaluate()",
+)
+def test_very_deep_artifact_folder_is_refused_not_raised(
+    tmp_path: Path, default_image: str
+) -> None:
+    evaluation = (
+        "python3 -c 'import os\n"
+        'os.chdir(os.environ["AIDER_FSM_ARTIFACTS_DIR"])\n'
+        "for _ in range(1500):\n"
+        '    os.mkdir("d")\n'
+        '    os.chdir("d")\n'
+        "'\n"
+        """echo '{"ok": true, "score": 1}' > .aider_fsm/metrics.json\n"""
+    )
+    repo = make_repo(tmp_path / "repo", evaluation=evaluation)
+    sess = docker_setup(repo)
+    try:
+        assert sess.rollout(llm="m", repair_iters=0).ok
+        try:
+            res = sess.evaluate(repair_iters=0)
+        except RecursionError as exc:
+            raise AssertionError(f"evaluate() raised instead of reporting: {exc!r}") from exc
+    finally:
+        sess.close()
+    assert res.metrics == {"ok": True, "score": 1}
+    assert labelled_containers(sess.run_id) == []
