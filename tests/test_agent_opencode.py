@@ -221,17 +221,19 @@ def test_scaffold_failure_restores_the_repo(
 ) -> None:
     repo = bare_repo(tmp_path / "repo")
     writes = [tool("write", filePath="pipeline.yml", content="version: 1\n")]
-    with ScriptedModelServer(script=turns(lambda _: writes)) as server:
-        with pytest.raises(AgentError, match="incomplete_contract") as info:
-            scaffold_contract(
-                repo,
-                model=MODEL,
-                run_dir=run_dir,
-                attempts=1,
-                env={"OPENAI_API_BASE": server.url},
-                bounds=FAST,
-                opencode_bin=opencode_bin,
-            )
+    with (
+        ScriptedModelServer(script=turns(lambda _: writes)) as server,
+        pytest.raises(AgentError, match="incomplete_contract") as info,
+    ):
+        scaffold_contract(
+            repo,
+            model=MODEL,
+            run_dir=run_dir,
+            attempts=1,
+            env={"OPENAI_API_BASE": server.url},
+            bounds=FAST,
+            opencode_bin=opencode_bin,
+        )
     assert str(run_dir.path) in str(info.value)
     assert not (repo / "pipeline.yml").exists(), "a half contract must not stay behind"
 

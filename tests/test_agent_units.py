@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,7 +162,7 @@ def test_prompts_carry_rules_schema_and_evidence() -> None:
 
 
 def test_transcript_helpers() -> None:
-    done = [
+    done: list[dict[str, Any]] = [
         {"info": {"role": "user"}, "parts": []},
         {
             "info": {"role": "assistant", "time": {"completed": 1}},
@@ -174,7 +175,7 @@ def test_transcript_helpers() -> None:
     assert _finished(done) and _last_error(done) is None
     t = Transcript("ses_1", done)
     assert t.tool_calls()[0]["tool"] == "write" and t.text() == "Done."
-    failed = [
+    failed: list[dict[str, Any]] = [
         {"info": {"role": "assistant", "error": {"name": "APIError", "data": {"message": "down"}}}}
     ]
     assert _finished(failed) and _last_error(failed) == "APIError: down"

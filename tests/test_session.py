@@ -280,3 +280,22 @@ def test_forgotten_session_is_closed_by_garbage_collection(
     del sess
     gc.collect()
     assert get_client().containers.list(all=True, filters=label) == []
+
+
+def test_env_file_reaches_stages_and_is_masked(tmp_path: Path, default_image: str) -> None:
+    env_file = tmp_path / "job.env"
+    env_file.write_text("# for the stages\nexport DATASET_TOKEN='tok-1234567890'\nPLAIN=value\n")
+    evaluation = """\
+    echo "token is $DATASET_TOKEN"
+    test "$PLAIN" = value
+    echo "{\\"ok\\": true, \\"score\\": 1, \\"seen\\": \\"$DATASET_TOKEN\\"}" > .aider_fsm/metrics.json
+    """
+    repo = make_repo(tmp_path / "repo", evaluation=evaluation)
+    sess = runner_env.setup(repo, env_file=env_file)
+    res = sess.evaluate(llm="m", repair_iters=0)
+    assert res.ok, res.reason
+    # The stage saw the value; what comes back through the run dir is masked.
+    assert res.metrics is not None and res.metrics["seen"] == "***"
+    for path in sess.artifacts_dir.rglob("*"):
+        if path.is_file():
+            assert "tok-1234567890" not in path.read_text(errors="replace"), path
