@@ -58,6 +58,7 @@ from runner.outputs_io import (
     write_host_output,
 )
 from runner.policy import CommandPolicy, PolicyConfig
+from runner.report import write_report
 from runner.results import EvaluationResult, RolloutResult, VerificationResult
 from runner.stage_env import MODEL_STAGES, base_stage_env, limit_override
 from runner.stages import (
@@ -684,6 +685,8 @@ class EnvSession:
             if self._deployed:
                 self._teardown(self._new_pass("final_teardown"), success=result.ok)
             self.close()
+            with contextlib.suppress(OSError, ValueError):  # a report is a convenience
+                write_report(self.run_dir.path)
         return result
 
     def _evaluate_pass(

@@ -199,6 +199,14 @@ def test_scaffold_feeds_validation_errors_to_the_next_attempt(
             return contract_writes()
         return [tool("write", filePath="pipeline.yml", content="version: 1\nevalution: {}\n")]
 
+    smoked: list[bool] = []
+
+    def smoke(root: Path) -> str | None:
+        """What setup() does with a new contract: run it in a fresh sandbox."""
+        res = runner_env.setup(root).evaluate(llm="m", mode="smoke", repair_iters=0)
+        smoked.append(res.ok)
+        return None if res.ok else f"{res.failed_stage}: {res.reason}"
+
     repo = bare_repo(tmp_path / "repo")
     with ScriptedModelServer(script=turns(plan)) as server:
         scaffold_contract(
@@ -209,10 +217,12 @@ def test_scaffold_feeds_validation_errors_to_the_next_attempt(
             env={"OPENAI_API_BASE": server.url},
             bounds=FAST,
             opencode_bin=opencode_bin,
+            smoke=smoke,
         )
     prov = json.loads((run_dir.path / "scaffold_provenance.json").read_text())
     assert [a["ok"] for a in prov["attempts"]] == [False, True]
     assert "pipeline_invalid" in prov["attempts"][0]["reason"]
+    assert smoked == [True], "the smoke run happens only for a contract that validates"
     assert (repo / ".aider_fsm" / "stages" / "rollout.sh").is_file()
 
 

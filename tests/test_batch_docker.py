@@ -120,11 +120,13 @@ def test_sigkill_mid_batch_then_gc_and_resume(tmp_path: Path, default_image: str
     results = tmp_path / "jobs.results.jsonl"
     cmd = [sys.executable, "-m", "runner.batch.cli", str(jobs_file), "--workers", "2"]
     env = {**os.environ, "CI": "true"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "batch.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=sink)
     try:
         deadline = time.monotonic() + 240
         while len(ResultsFile(results).read()) < 2:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "no results after 240 s"
             time.sleep(0.05)
         workers = _children(proc.pid)

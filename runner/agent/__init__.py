@@ -15,12 +15,13 @@ from runner.agent.binary import find_opencode, install_opencode, require_opencod
 from runner.agent.config import Bounds
 from runner.agent.repair import RepairOutcome, repair_contract
 from runner.agent.scaffold import scaffold_contract
-from runner.agent.transcript import ModelUnreachable
+from runner.agent.transcript import ModelUnreachable, SandboxUnavailable
 
 __all__ = [
     "Bounds",
     "ModelUnreachable",
     "RepairOutcome",
+    "SandboxUnavailable",
     "find_opencode",
     "install_opencode",
     "repair_contract",

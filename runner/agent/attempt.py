@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runner.agent.binary import require_opencode
 from runner.agent.config import Bounds, ModelRoute
 from runner.agent.scope import AIDER_DIR, ScopeReport, host_manifest, in_scope, take_back
 from runner.agent.server import AgentServer
@@ -65,7 +66,7 @@ class AgentSettings:
         ``env`` first (the caller's ``env_overrides``), then from the process environment.
 
         Raises:
-            AgentError: bad model name or no endpoint.
+            AgentError: bad model name, no endpoint, or no opencode binary.
         """
         sources = (env or {}, os.environ)
         base = next((s[k] for s in sources for k in _BASE_VARS if s.get(k)), None)
@@ -74,7 +75,7 @@ class AgentSettings:
             route=ModelRoute.parse(model, base_url=base, api_key=key),
             bounds=bounds or Bounds(),
             image=image,
-            opencode_bin=opencode_bin,
+            opencode_bin=opencode_bin or require_opencode(),
             pipeline_rel=pipeline_rel,
         )
 

@@ -23,9 +23,9 @@ from runner.agent.attempt import WORKSPACE_EXCLUDE, AgentSettings, AttemptResult
 from runner.agent.checks import require_repo, restore_contract, snapshot_contract, validate_contract
 from runner.agent.config import Bounds
 from runner.agent.scope import host_manifest
-from runner.agent.transcript import ModelUnreachable
+from runner.agent.transcript import ModelUnreachable, SandboxUnavailable
 from runner.artifacts import RunDir
-from runner.errors import AgentError
+from runner.errors import AgentError, RunnerError
 from runner.hints import suggest_hints
 
 PROVENANCE = "scaffold_provenance.json"
@@ -136,7 +136,7 @@ def scaffold_contract(
                 record_rel=f"scaffold/attempt_{n:02d}",
                 title=f"{repo_root.name}:scaffold",
             )
-        except ModelUnreachable as exc:
+        except (ModelUnreachable, SandboxUnavailable) as exc:
             _finish(
                 run_dir, provenance, record | {"error": str(exc)}, repo_root, original, pipeline_rel
             )
@@ -174,7 +174,10 @@ def _check(
     if errors:
         return "; ".join(errors)
     if smoke is not None:
-        problem = smoke(repo_root)
+        try:
+            problem = smoke(repo_root)
+        except RunnerError as exc:  # a ContractError or SandboxError from the smoke session
+            problem = f"{type(exc).__name__}: {exc}"
         if problem:
             return f"smoke_run_failed: {problem}"
     return None

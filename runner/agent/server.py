@@ -42,7 +42,7 @@ from runner.agent.config import (
     ModelRoute,
     config_text,
 )
-from runner.agent.transcript import ModelUnreachable, Transcript, run_prompt
+from runner.agent.transcript import ModelUnreachable, SandboxUnavailable, Transcript, run_prompt
 from runner.artifacts import RunDir
 from runner.errors import AgentError
 from runner.llm import host_endpoint, normalise_base_url
@@ -184,7 +184,7 @@ class AgentServer:
         try:
             self.sandbox = open_sandbox(spec)
         except SandboxError as exc:
-            raise AgentError(f"cannot open the agent sandbox: {exc}") from exc
+            raise SandboxUnavailable(f"cannot open the agent sandbox: {exc}") from exc
         self._client = ExecHttpClient(
             self.sandbox, self.password, request_s=self.bounds.request_s, remaining=self.remaining
         )

@@ -29,6 +29,10 @@ class ModelUnreachable(AgentError):
     """The model endpoint did not answer (before the start, or while OpenCode retried)."""
 
 
+class SandboxUnavailable(AgentError):
+    """The agent's sandbox could not be opened (engine down, image missing): retrying is futile."""
+
+
 @dataclass
 class Transcript:
     """What one prompt produced: the session's messages, and how it ended."""

@@ -40,6 +40,9 @@ from sandbox.errors import UnsafeArchive
 __all__ = ["RetryPolicy", "init_pool_worker", "is_infra_error", "run_job"]
 
 _PR_SET_PDEATHSIG = 1
+_orphaned = False
+"""Set in a pool worker told to stop (parent-death SIGTERM, or the pool terminating it)."""
+_in_job = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def run_job(job: Job, index: int, retry: RetryPolicy | None = None) -> JobResult
     Never raises for the job's own failure; ``KeyboardInterrupt``/``SystemExit`` pass
     through so an interrupted worker stops (its session closes its sandbox on the way).
     """
+    global _in_job
     policy = retry or RetryPolicy()
     started = time.time()
     infra: list[str] = []
@@ -112,6 +116,7 @@ def run_job(job: Job, index: int, retry: RetryPolicy | None = None) -> JobResult
             infra.append(_describe(exc))
 
     fields: dict[str, Any]
+    _in_job = True
     try:
         retrying = Retrying(
             retry=retry_if_exception(is_infra_error),
@@ -131,6 +136,14 @@ def run_job(job: Job, index: int, retry: RetryPolicy | None = None) -> JobResult
         fields = {"outcome": kind, "reason": _describe(exc)}
     except Exception as exc:  # a bug in the runner must still not sink the batch
         fields = {"outcome": "error", "reason": f"unexpected {_describe(exc)}"}
+    except SystemExit as exc:
+        if _orphaned:
+            # The session has closed its sandbox on the way here. Going back to the
+            # pool's loop would block for ever: sibling workers hold the call queue open.
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        raise
+    finally:
+        _in_job = False
     return JobResult(
         job_id=job.id or "",
         index=index,
@@ -148,9 +161,15 @@ def run_job(job: Job, index: int, retry: RetryPolicy | None = None) -> JobResult
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Unwind like Ctrl-C so open sessions close (and remove) their containers.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise SystemExit(128 + signum)
+    global _orphaned
+    if _orphaned:
+        # The parent-death signal comes once per exiting thread of the parent (the
+        # child is reparented to each in turn): the first one is unwinding already.
+        return
+    _orphaned = True
+    if not _in_job:
+        os._exit(128 + signum)  # idle: nothing to clean, and the pool's queue would block
+    raise SystemExit(128 + signum)  # unwind so the session closes (removes) its container
 
 
 def init_pool_worker(parent_pid: int) -> None:
