@@ -6,9 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup venv engine image demo test test-fast lint bench gc clean
+.PHONY: setup venv engine image opencode demo test test-fast lint bench gc clean
 
-setup: venv engine image
+setup: venv engine image opencode
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -22,6 +22,10 @@ engine:
 
 image: venv engine
 	$(BIN)/fsm-runner images build
+
+# The OpenCode agent (scaffold/repair), pinned, into the git-ignored .tools/ folder.
+opencode:
+	bash images/install-opencode.sh
 
 demo: setup
 	$(BIN)/python examples/demo.py

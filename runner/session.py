@@ -26,6 +26,9 @@ from runner.contract import (
     PipelineSpec,
     absolutize_env_paths,
     expand_env,
+    load_actions,
+    load_bootstrap,
+    load_pipeline,
 )
 from runner.contract import validate_metrics as _validate_metrics
 from runner.contract import validate_rollout as _validate_rollout
@@ -58,6 +61,7 @@ from runner.outputs_io import (
     write_host_output,
 )
 from runner.policy import CommandPolicy, PolicyConfig
+from runner.repairs import try_repair
 from runner.report import write_report
 from runner.results import EvaluationResult, RolloutResult, VerificationResult
 from runner.stage_env import MODEL_STAGES, base_stage_env, limit_override
@@ -103,6 +107,9 @@ class SessionOptions:
     progress: Progress | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """KEY=VALUE pairs for every stage (``setup(env_file=...)``), masked like secrets."""
+    repair_model: str | None = None
+    """OpenCode model that repairs a failing contract (``opencode_repair_model`` or ``opencode_model``)."""
+    pipeline_rel: str = "pipeline.yml"
 
 
 @dataclass
@@ -156,15 +163,8 @@ class EnvSession:
             self._hints = {}
             log.warning("hint extraction failed: %s", exc)
         self._remote_llm = False
-        security = pipeline.security
-        self._policy = CommandPolicy(
-            PolicyConfig(
-                mode=security.mode if security else "safe",
-                allowlist=tuple(security.allowlist) if security else (),
-                denylist=tuple(security.denylist) if security else (),
-                unattended=options.unattended,
-            )
-        )
+        self._policy = _policy_for(pipeline, options.unattended)
+        self._repairs = 0
         self._finalizer = weakref.finalize(self, _close_quietly, self.__dict__)
         # Host secrets never reach stages (they get only what the runner passes), but any
         # value that does leak into output is still masked in every file we write.
@@ -552,10 +552,24 @@ class EnvSession:
         artifacts_dir: Path | None = None,
         repair_iters: int = 3,
     ) -> RolloutResult:
-        """Deploy (bootstrap, setup, health), then run the rollout stage and check its samples."""
+        """Deploy (bootstrap, setup, health), then run the rollout stage and check its samples.
+
+        On failure, up to ``repair_iters`` agent repairs of the contract, each followed by a
+        fresh sandbox and a rerun.
+        """
         overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
         self.run_dir.add_secrets_from_env(overrides)
         self._start(llm, overrides)
+        budget = [max(0, repair_iters)]
+        while True:
+            result = self._rollout_once(mode, require_samples, overrides, repair_iters)
+            if result.ok or not self._repair(result.verify, result.reason, overrides, budget):
+                return result
+            self._start(None, overrides)
+
+    def _rollout_once(
+        self, mode: str, require_samples: bool, overrides: Mapping[str, str], repair_iters: int
+    ) -> RolloutResult:
         p = self._new_pass("rollout")
         self.run_dir.event(
             "rollout_start",
@@ -589,6 +603,67 @@ class EnvSession:
         result.ok = True
         self.run_dir.event("rollout_end", ok=True, samples=result.samples)
         return result
+
+    def _repair(
+        self,
+        verify: VerificationResult,
+        reason: str,
+        overrides: Mapping[str, str],
+        budget: list[int],
+    ) -> bool:
+        """Let the agent repair the contract; on success the next attempt starts afresh."""
+        model = self.options.repair_model
+        if budget[0] <= 0:
+            return False
+        if not model:
+            self.run_dir.event("repair_skipped", reason="no opencode_model given to setup()")
+            return False
+        self._transition(State.REPAIRING, stage=verify.failed_stage)
+        self._drop_sandbox()
+        while budget[0] > 0:
+            budget[0] -= 1
+            self._repairs += 1
+            self._say(f"repair {self._repairs}: asking the agent to fix {verify.failed_stage}")
+            ok, why = try_repair(
+                self.repo.path,
+                verify=verify,
+                reason=reason,
+                model=model,
+                run_dir=self.run_dir,
+                attempt=self._repairs,
+                env=overrides,
+                pipeline_rel=self.options.pipeline_rel,
+                image=self.options.image,
+            )
+            self.run_dir.event("repair_end", attempt=self._repairs, ok=ok, reason=why)
+            if ok and self._reload_contract():
+                self._transition(State.NEW)
+                return True
+        self._transition(State.FAILED, stage=verify.failed_stage)
+        return False
+
+    def _reload_contract(self) -> bool:
+        """Load the repaired contract; a contract that does not load is a failed repair."""
+        try:
+            pipeline = load_pipeline(self.repo.path / self.options.pipeline_rel)
+            bootstrap = load_bootstrap(self.repo.path / ".aider_fsm" / "bootstrap.yml")
+            actions = load_actions(self.repo.path / ".aider_fsm" / "actions.yml")
+        except ContractError as exc:
+            self.run_dir.event("repair_rejected", reason=str(exc))
+            return False
+        self.pipeline, self.bootstrap_spec, self.actions_spec = pipeline, bootstrap, actions
+        self._policy = _policy_for(pipeline, self.options.unattended)
+        return True
+
+    def _drop_sandbox(self) -> None:
+        """Tear down and remove the sandbox; the next attempt gets a fresh copy of the repo."""
+        if self._deployed:
+            self._teardown(self._new_pass("teardown"), success=False)
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+        self._bootstrap_env = None
+        self._rolled_out = False
 
     def _check_samples(self, p: _Pass, rollout_mirror: Path | None) -> Any:
         if rollout_mirror is None:
@@ -653,40 +728,52 @@ class EnvSession:
             self.close()
             raise ValueError("missing_llm: pass llm= to evaluate() or call rollout() first")
         self._start(llm, overrides)
-        p = self._new_pass("evaluation")
-        result = EvaluationResult(
-            ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify
-        )
-        self.run_dir.event("evaluation_start", mode=mode, fast_path=self._rolled_out)
+        budget = [max(0, repair_iters)]
+        p: _Pass | None = None
+        result = EvaluationResult(ok=False, artifacts_dir=self.run_dir.path / "env_api")
         try:
-            ok = self._evaluate_pass(p, mode, overrides, result)
-            result.ok = ok
-            if ok:
-                self._transition(State.EVALUATED)
-            else:
-                result.failed_stage = p.verify.failed_stage
-                if not result.reason:
-                    stage = getattr(p.verify, p.verify.failed_stage or "", None)
-                    result.reason = (
-                        stage.reason
-                        if isinstance(stage, StageResult)
-                        else "; ".join(p.verify.metrics_errors) or (p.verify.failed_stage or "")
-                    )
-                self._transition(State.FAILED, stage=result.failed_stage)
-            self.run_dir.event(
-                "evaluation_end",
-                ok=result.ok,
-                failed_stage=result.failed_stage,
-                reason=result.reason,
-                metrics=result.metrics,
-            )
+            while True:
+                p = self._new_pass("evaluation")
+                result = self._evaluate_once(p, mode, overrides)
+                if result.ok or not self._repair(p.verify, result.reason, overrides, budget):
+                    break
+                self._start(None, overrides)
         finally:
-            self._pull_stage_files(p)
+            if p is not None:
+                self._pull_stage_files(p)
             if self._deployed:
                 self._teardown(self._new_pass("final_teardown"), success=result.ok)
             self.close()
             with contextlib.suppress(OSError, ValueError):  # a report is a convenience
                 write_report(self.run_dir.path)
+        return result
+
+    def _evaluate_once(self, p: _Pass, mode: str, overrides: Mapping[str, str]) -> EvaluationResult:
+        result = EvaluationResult(
+            ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify
+        )
+        self.run_dir.event("evaluation_start", mode=mode, fast_path=self._rolled_out)
+        ok = self._evaluate_pass(p, mode, overrides, result)
+        result.ok = ok
+        if ok:
+            self._transition(State.EVALUATED)
+        else:
+            result.failed_stage = p.verify.failed_stage
+            if not result.reason:
+                stage = getattr(p.verify, p.verify.failed_stage or "", None)
+                result.reason = (
+                    stage.reason
+                    if isinstance(stage, StageResult)
+                    else "; ".join(p.verify.metrics_errors) or (p.verify.failed_stage or "")
+                )
+            self._transition(State.FAILED, stage=result.failed_stage)
+        self.run_dir.event(
+            "evaluation_end",
+            ok=result.ok,
+            failed_stage=result.failed_stage,
+            reason=result.reason,
+            metrics=result.metrics,
+        )
         return result
 
     def _evaluate_pass(
@@ -804,6 +891,18 @@ class EnvSession:
             self.run_dir.event("stage_files_refused", pass_=p.name, reason=str(exc))
             return
         self.run_dir.scrub_tree(dest)
+
+
+def _policy_for(pipeline: PipelineSpec, unattended: Literal["strict", "guided"]) -> CommandPolicy:
+    security = pipeline.security
+    return CommandPolicy(
+        PolicyConfig(
+            mode=security.mode if security else "safe",
+            allowlist=tuple(security.allowlist) if security else (),
+            denylist=tuple(security.denylist) if security else (),
+            unattended=unattended,
+        )
+    )
 
 
 def _base_url(overrides: Mapping[str, str]) -> str | None:

@@ -7,6 +7,7 @@ Bad input fails here, before any container starts: a broken ``pipeline.yml`` or
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -92,18 +93,31 @@ def setup(
         target, clones_dir=Path(clones_dir).expanduser() if clones_dir else None, offline=offline
     )
     pipeline_path = repo.path / pipeline_rel
+    base = Path(artifacts_dir).expanduser() if artifacts_dir else None
+    model = str(opencode.get("opencode_model") or "")
+    run_dir: RunDir | None = None
     if not pipeline_path.is_file():
-        raise ContractError(
-            "no contract: the file does not exist. Write one with `fsm-runner init` "
-            "(scaffolding by the OpenCode agent needs opencode_model=)",
-            file=pipeline_path,
+        if not model:
+            raise ContractError(
+                "no contract: the file does not exist. Write one with `fsm-runner init`, "
+                "or pass opencode_model= to let the OpenCode agent scaffold it",
+                file=pipeline_path,
+            )
+        run_dir = RunDir.create(repo.path, base=base)
+        _scaffold(
+            repo.path,
+            model=model,
+            run_dir=run_dir,
+            pipeline_rel=pipeline_rel,
+            sandbox=sandbox,
+            image=image,
+            progress=progress,
+            opencode=opencode,
         )
     pipeline = load_pipeline(pipeline_path)
     bootstrap = load_bootstrap(repo.path / ".aider_fsm" / "bootstrap.yml")
     actions = load_actions(repo.path / ".aider_fsm" / "actions.yml")
-    run_dir = RunDir.create(
-        repo.path, base=Path(artifacts_dir).expanduser() if artifacts_dir else None
-    )
+    run_dir = run_dir or RunDir.create(repo.path, base=base)
     options = SessionOptions(
         backend=sandbox,
         image=image,
@@ -115,6 +129,8 @@ def setup(
         unattended=unattended,
         progress=progress,
         extra_env=load_env_file(Path(env_file).expanduser()) if env_file else {},
+        repair_model=str(opencode.get("opencode_repair_model") or model) or None,
+        pipeline_rel=pipeline_rel,
     )
     if opencode:
         run_dir.event("agent_options_recorded", keys=sorted(opencode))
@@ -130,3 +146,45 @@ def setup(
 
 
 _AGENT_KEYS = frozenset({"strict_opencode", "scaffold_opencode_bash"})
+
+
+def _scaffold(
+    repo_root: Path,
+    *,
+    model: str,
+    run_dir: RunDir,
+    pipeline_rel: str,
+    sandbox: Backend,
+    image: str | None,
+    progress: Callable[[str], None] | None,
+    opencode: dict[str, Any],
+) -> None:
+    """Have the OpenCode agent write the contract, smoke-run each attempt in a fresh sandbox.
+
+    Raises:
+        AgentError: no attempt produced a contract that loads and passes the smoke run.
+    """
+    from runner.agent import scaffold_contract
+
+    def smoke(root: Path) -> str | None:
+        try:
+            res = setup(root, sandbox=sandbox, image=image, pipeline_rel=pipeline_rel).evaluate(
+                llm="smoke", mode="smoke", repair_iters=0
+            )
+        except ContractError as exc:
+            return str(exc)
+        return None if res.ok else f"{res.failed_stage}: {res.reason}"
+
+    attempts = int(os.environ.get("AIDER_OPENCODE_SCAFFOLD_ATTEMPTS", "3") or 3)
+    timeout = float(opencode.get("opencode_timeout_seconds") or 1800)
+    scaffold_contract(
+        repo_root,
+        model=model,
+        run_dir=run_dir,
+        attempts=attempts,
+        timeout_s=timeout,
+        pipeline_rel=pipeline_rel,
+        image=image,
+        smoke=smoke,
+        progress=progress,
+    )

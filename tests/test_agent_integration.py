@@ -1,8 +1,4 @@
-"""The agent through the public API: ``setup()`` scaffolds, ``evaluate(repair_iters=N)`` repairs.
-
-Waits for the session wiring (runner/setup.py, runner/session.py): until then these
-tests are expected to fail (xfail, not strict), and start passing once it lands.
-"""
+"""The agent through the public API: ``setup()`` scaffolds, ``evaluate(repair_iters=N)`` repairs."""
 
 from __future__ import annotations
 
@@ -26,7 +22,6 @@ from tests.test_agent_opencode import (
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.slow,
-    pytest.mark.xfail(strict=False, reason="waiting for session integration"),
 ]
 
 

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from runner.evidence import RUNNER_ROOT_IN_SANDBOX, runner_package_dir
 from tests.contract_repos import ROLLOUT, make_repo
 from tests.hostile import assert_in_docker, docker_setup, file_digest, labelled_containers
 
 pytestmark = pytest.mark.docker
+
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+"""Host files mounted read-only into every sandbox: the CA bundle and the runner's helpers."""
 
 
 def test_writes_outside_the_repo_change_nothing_on_the_host(
@@ -39,6 +43,7 @@ def test_writes_outside_the_repo_change_nothing_on_the_host(
         home / ".ssh" / "authorized_keys",
         Path("/etc/hosts"),
         Path("/etc/hostname"),
+        CA_BUNDLE,
     ]
     before = {p: file_digest(p) for p in watched}
 
@@ -58,6 +63,9 @@ def test_writes_outside_the_repo_change_nothing_on_the_host(
         mkdir -p {repo} && echo pwned > {repo}/README.md
         echo pwned > /etc/{name}
         echo '203.0.113.9 pwned.example' >> /etc/hosts
+        echo pwned >> {CA_BUNDLE} 2>/dev/null && echo "WRITABLE ca bundle"
+        test -f {RUNNER_ROOT_IN_SANDBOX}/runner/__init__.py && echo "EVIDENCE helpers mounted"
+        touch {RUNNER_ROOT_IN_SANDBOX}/runner/{name} 2>/dev/null && echo "WRITABLE runner helpers"
         echo "EVIDENCE $(cat /root/{name} {victim_file} /etc/{name} {repo}/README.md | tr '\\n' ' ')"
         test -e {victim_dir} || echo "EVIDENCE victim_dir removed"
         echo '{{"ok": true, "score": 1}}' > .aider_fsm/metrics.json
@@ -77,9 +85,15 @@ def test_writes_outside_the_repo_change_nothing_on_the_host(
     out = res.verify.evaluation.results[0].stdout
     # The attack really ran (inside): every write succeeded there.
     assert out.count("pwned") >= 4 and "victim_dir removed" in out, out
+    assert "helpers mounted" in out and "WRITABLE" not in out, out  # read-only mounts held
 
     assert guard.exists()
-    for path in (Path("/root") / name, home / name, Path("/etc") / name):
+    for path in (
+        Path("/root") / name,
+        home / name,
+        Path("/etc") / name,
+        runner_package_dir() / name,
+    ):
         assert not path.exists(), f"{path} was written on the host"
     assert victim_file.read_text() == "original\n"
     assert (victim_dir / "keep.txt").read_text() == "keep\n"
