@@ -22,12 +22,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
 
+from runner.errors import ContractError
+
 MAX_TEXT_CHARS = 2_000_000
 """Cap of every text file, as in the predecessor; the excess is cut out of the middle."""
 MAX_EVENT_FIELD_CHARS = 4_000
 """Cap of one string field in events.jsonl: full texts belong in files, not in the log."""
 MIN_SECRET_LEN = 4
 REDACTED = "***"
+SCRUB_WHOLE_BYTES = 16 * 1024 * 1024
+"""Files up to this size are scrubbed in one read; larger ones in chunks."""
+SCRUB_CHUNK_BYTES = 4 * 1024 * 1024
 EVENTS_FILE = "events.jsonl"
 RUN_ID_RE = re.compile(r"^(\d{8}_\d{6})(?:_[0-9a-f]{6})?$")
 """Our ids (``YYYYmmdd_HHMMSS_<6 hex>``) and the predecessor's (no suffix)."""
@@ -131,9 +136,18 @@ class RunDir:
         """Claim a fresh run dir under ``base`` (default ``<repo>/.aider_fsm/artifacts``).
 
         Raises:
+            ContractError: ``.aider_fsm`` or ``.aider_fsm/artifacts`` in the repo is a link.
             FileExistsError: no free run id after many attempts (a clock or RNG bug).
             OSError: the base directory cannot be created.
         """
+        if base is None:
+            # The repo is untrusted input: a planted ``.aider_fsm`` or ``artifacts`` link
+            # must not move the run dir (and everything we write) somewhere else.
+            for part in (repo_root / ".aider_fsm", repo_root / ".aider_fsm" / "artifacts"):
+                if part.is_symlink():
+                    raise ContractError(
+                        "is a symbolic link; refusing to write the run dir through it", file=part
+                    )
         root = (base if base is not None else repo_root / ".aider_fsm" / "artifacts").resolve()
         root.mkdir(parents=True, exist_ok=True)
         for _ in range(_CREATE_ATTEMPTS):
@@ -303,12 +317,37 @@ class RunDir:
                 path = Path(dirpath) / name
                 if path.is_symlink() or not path.is_file():
                     continue
+                if path.stat().st_size > SCRUB_WHOLE_BYTES:
+                    changed += self._scrub_large(path)
+                    continue
                 data = path.read_bytes()
                 clean = self.redact_bytes(data)
                 if clean != data:
                     self._put(path, clean)
                     changed += 1
         return changed
+
+    def _scrub_large(self, path: Path) -> int:
+        """Redact a big file in bounded memory: chunks overlapping by the longest secret."""
+        overlap = max((len(s.encode()) for s in self._secrets), default=0) + 64
+        tmp = path.with_name(path.name + ".scrub")
+        found = False
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            carry = b""
+            while chunk := src.read(SCRUB_CHUNK_BYTES):
+                data = carry + chunk
+                clean = self.redact_bytes(data)
+                found = found or clean != data
+                # Keep the tail back: a secret may straddle the next chunk boundary.
+                cut = max(0, len(clean) - overlap)
+                dst.write(clean[:cut])
+                carry = clean[cut:]
+            dst.write(self.redact_bytes(carry))
+        if found:
+            os.replace(tmp, path)
+        else:
+            tmp.unlink()
+        return int(found)
 
     def event(self, kind: str, **fields: object) -> None:
         """Append one redacted JSON line to events.jsonl (one ``write`` call, under a lock).

@@ -368,6 +368,11 @@ class EnvSession:
                 wanted, _net(sec.network if sec else None), self.options.network_cap
             )
             plan = dataclasses.replace(plan, network=capped)
+        if plan.network == NetworkPolicy.NONE and "OPENAI_API_KEY" in plan.env:
+            # A stage that cannot reach the model has no use for its key.
+            plan = dataclasses.replace(
+                plan, env={k: v for k, v in plan.env.items() if k != "OPENAI_API_KEY"}
+            )
         self._stage_envs[name] = plan.env
         self._record_stage_network(name, plan.network.value)
         self._say(f"stage {name} ({len(plan.cmds)} command(s), network={plan.network.value})")
@@ -539,7 +544,9 @@ class EnvSession:
         mirror = p.host_dir / "outputs" / rel
         if data is not None:
             self.run_dir.write_bytes(mirror.relative_to(self.run_dir.path), data)
-        host = write_host_output(self.repo.path, rel, data)
+        host = write_host_output(
+            self.repo.path, rel, None if data is None else self.run_dir.redact_bytes(data)
+        )
         return (mirror if data is not None else None), host
 
     def rollout(
@@ -688,9 +695,21 @@ class EnvSession:
         if rel is not None:
             dest = outputs / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 sb.pull(rel, dest.parent)
-        return _validate_rollout(outputs, rollout_mirror, workspace=sb.workspace)
+            except FileNotFoundError:
+                pass  # validate_rollout reports samples_jsonl_not_found
+            except SandboxLayerError as exc:  # a link or a fifo: never followed
+                raise ContractError(
+                    f"samples file refused: {exc}",
+                    file=".aider_fsm/rollout.json",
+                    field="paths.samples_jsonl",
+                    found=raw,
+                ) from exc
+        try:
+            return _validate_rollout(outputs, rollout_mirror, workspace=sb.workspace)
+        finally:
+            self.run_dir.scrub_tree(outputs)  # a secret echoed into a sample stays masked
 
     def _fail_rollout(
         self, result: RolloutResult, p: _Pass, *, keep_reason: bool = False

@@ -114,6 +114,12 @@ def setup(
             progress=progress,
             opencode=opencode,
         )
+    for contract_file in (
+        pipeline_path,
+        repo.path / ".aider_fsm" / "bootstrap.yml",
+        repo.path / ".aider_fsm" / "actions.yml",
+    ):
+        _refuse_outside_link(repo.path, contract_file)
     pipeline = load_pipeline(pipeline_path)
     bootstrap = load_bootstrap(repo.path / ".aider_fsm" / "bootstrap.yml")
     actions = load_actions(repo.path / ".aider_fsm" / "actions.yml")
@@ -146,6 +152,22 @@ def setup(
 
 
 _AGENT_KEYS = frozenset({"strict_opencode", "scaffold_opencode_bash"})
+
+
+def _refuse_outside_link(repo_root: Path, path: Path) -> None:
+    """A contract file that is a link leading out of the repo would make us read host files.
+
+    Raises:
+        ContractError: ``path`` (or a folder on its way) resolves outside ``repo_root``.
+    """
+    if not (path.exists() or path.is_symlink()):
+        return
+    resolved, root = path.resolve(), repo_root.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ContractError(
+            f"is a link that leads outside the repository ({resolved}); refusing to read it",
+            file=path,
+        )
 
 
 def _scaffold(

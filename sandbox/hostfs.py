@@ -143,14 +143,24 @@ def copy_beneath(root: Path, rel: str, dest: Path) -> list[str]:
     return written
 
 
-def _collect(dir_fd: int, prefix: str, entries: list[tuple[str, str, str]]) -> None:
+MAX_DEPTH = 64
+MAX_ENTRIES = 100_000
+"""Bounds on a pulled tree: a hostile folder 1,500 levels deep or with millions of entries
+is refused instead of exhausting the stack, descriptors or disk."""
+
+
+def _collect(dir_fd: int, prefix: str, entries: list[tuple[str, str, str]], depth: int = 0) -> None:
     try:
+        if depth > MAX_DEPTH:
+            raise UnsafeArchive(prefix, f"deeper than {MAX_DEPTH} levels")
         for name in sorted(os.listdir(dir_fd)):
+            if len(entries) >= MAX_ENTRIES:
+                raise UnsafeArchive(prefix or ".", f"more than {MAX_ENTRIES} entries")
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             path = posixpath.join(prefix, name) if prefix else name
             if stat.S_ISDIR(st.st_mode):
                 entries.append((path, "dir", ""))
-                _collect(os.open(name, _DIR_FLAGS, dir_fd=dir_fd), path, entries)
+                _collect(os.open(name, _DIR_FLAGS, dir_fd=dir_fd), path, entries, depth + 1)
             else:
                 _collect_entry(dir_fd, name, path, st, entries)
     finally:

@@ -36,12 +36,15 @@ def scored_repo(root: Path, every: int, *, pause: float = 0.0) -> Path:
 
 
 def job_list(tmp_path: Path, n: int, *, failing_at: int | None = None) -> list[dict[str, object]]:
-    repos = {every: scored_repo(tmp_path / f"repo{every}", every) for every in SCORES}
-    broken = make_repo(tmp_path / "broken", deploy_health="echo 'down' >&2; exit 7\n")
+    """``n`` jobs, one repo each, cycling through three scores; one broken contract."""
     jobs: list[dict[str, object]] = []
     for i in range(n):
         every = list(SCORES)[i % len(SCORES)]
-        target = broken if i == failing_at else repos[every]
+        root = tmp_path / f"r{i:02d}"
+        if i == failing_at:
+            target = make_repo(root, deploy_health="echo 'down' >&2; exit 7\n")
+        else:
+            target = scored_repo(root, every)
         jobs.append({"id": f"job{i:02d}", "target": str(target), "llm": "m"})
         jobs[-1]["require_samples"] = True
     return jobs
@@ -57,11 +60,10 @@ def run_ids_on_disk(tmp_path: Path) -> set[str]:
     return {p.name for p in tmp_path.glob("*/.aider_fsm/artifacts/*") if p.is_dir()}
 
 
-def expected_verdict(job: dict[str, object], tmp_path: Path) -> tuple[str, object]:
-    target = Path(str(job["target"]))
-    if target.name == "broken":
+def expected_verdict(index: int, failing_at: int) -> tuple[str, object]:
+    if index == failing_at:
         return "failed", None
-    every = int(target.name.removeprefix("repo"))
+    every = list(SCORES)[index % len(SCORES)]
     return "ok", {"ok": True, "score": SCORES[every], "n": 8}
 
 
@@ -73,8 +75,8 @@ def test_parallel_batch_equals_serial_and_leaves_nothing(
     report = run_batch(jobs, workers=4, results=tmp_path / "results.jsonl")
     parallel = report.results
     assert [r.comparable() for r in parallel] == [r.comparable() for r in serial]
-    for job, result in zip(jobs, parallel, strict=True):
-        assert (result.outcome, result.metrics) == expected_verdict(job, tmp_path), result
+    for index, result in enumerate(parallel):
+        assert (result.outcome, result.metrics) == expected_verdict(index, 6), result
         assert result.attempts == 1 and not result.infra_errors
     assert parallel[6].failed_stage == "deploy_health" and "rc=7" in parallel[6].reason
     assert report.summary["ok"] == 9 and report.summary["failed"] == 1
@@ -123,11 +125,12 @@ def _settle(run_ids: set[str], quiet_s: float = 1.0, limit_s: float = 20.0) -> N
 
 
 def test_sigkill_mid_batch_then_gc_and_resume(tmp_path: Path, default_image: str) -> None:
-    repo = scored_repo(tmp_path / "repo2", 2, pause=1.5)
+    for i in range(8):
+        scored_repo(tmp_path / f"r{i}", 2, pause=1.5)
     jobs_file = tmp_path / "jobs.yaml"
     jobs_file.write_text(
         "version: 1\ndefaults: {llm: m, require_samples: true}\njobs:\n"
-        + "".join(f"  - {{id: job{i}, target: ./repo2}}\n" for i in range(8))
+        + "".join(f"  - {{id: job{i}, target: ./r{i}}}\n" for i in range(8))
     )
     results = tmp_path / "jobs.results.jsonl"
     cmd = [sys.executable, "-m", "runner.batch.cli", str(jobs_file), "--workers", "2"]

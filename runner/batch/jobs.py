@@ -54,6 +54,10 @@ class JobOptions(_Strict):
     artifacts_dir: str | None = None
     """Run dirs go here instead of ``<repo>/.aider_fsm/artifacts``."""
     offline: bool = False
+    env_file: str | None = None
+    """A ``.env`` file whose pairs reach every stage (relative to the jobs file)."""
+    opencode_model: str | None = None
+    """The OpenCode agent's model, for scaffolding and ``repair_iters`` > 0."""
     memory: str | None = None
     """Per-sandbox memory cap (default 2g); also decides how many sandboxes fit a host."""
     cpus: PositiveFloat | None = None
@@ -71,8 +75,10 @@ class JobOptions(_Strict):
 
     def setup_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``runner.setup.setup()`` (limits folded into one object)."""
-        data = self.model_dump(exclude={"memory", "cpus", "pids"})
+        data = self.model_dump(exclude={"memory", "cpus", "pids", "opencode_model"})
         data["limits"] = self.limits()
+        if self.opencode_model:
+            data["opencode_model"] = self.opencode_model
         return data
 
 
@@ -163,7 +169,11 @@ def normalise_jobs(
                 raise doc.error(message, ("jobs", index, "id"), found=job_id)
             raise ContractError(message, field=f"jobs[{index}].id", found=job_id)
         seen[job_id] = index
-        out.append(job.model_copy(update={"id": job_id, "target": _target(job.target, base_dir)}))
+        update: dict[str, Any] = {"id": job_id, "target": _target(job.target, base_dir)}
+        if job.options.env_file and base_dir is not None:
+            env_file = str(base_dir / Path(job.options.env_file).expanduser())
+            update["options"] = job.options.model_copy(update={"env_file": env_file})
+        out.append(job.model_copy(update=update))
     return out
 
 

@@ -136,11 +136,6 @@ def test_256mb_sparse_samples_and_artifact_are_read_bounded(
         shutil.rmtree(repo, ignore_errors=True)  # gigabytes of zeros, if the runner wrote them
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: hostfs._collect recurses per folder level; RecursionError escapes evaluate()",
-)
 def test_very_deep_artifact_folder_is_refused_not_raised(
     tmp_path: Path, default_image: str
 ) -> None:

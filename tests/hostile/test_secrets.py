@@ -155,20 +155,10 @@ def test_host_environment_secrets_reach_no_stage(dumped: DumpedRun) -> None:
     assert dumped.host_seen == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: MODEL_STAGES gives the key to evaluation even with network none",
-)
 def test_evaluation_without_network_does_not_receive_the_api_key(dumped: DumpedRun) -> None:
     assert dumped.seen.get("evaluation") == "no", dumped.seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: outputs_io.write_host_output copies outputs to the host's .aider_fsm/ unmasked",
-)
 def test_host_copies_of_contract_outputs_mask_the_api_key(dumped: DumpedRun) -> None:
     copies = [dumped.repo / ".aider_fsm" / n for n in ("runtime_env.json", "rollout.json")]
     copies.append(dumped.repo / ".aider_fsm" / "metrics.json")
@@ -177,11 +167,6 @@ def test_host_copies_of_contract_outputs_mask_the_api_key(dumped: DumpedRun) -> 
     assert leaked == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: session._check_samples pulls the samples file into the run dir unscrubbed",
-)
 def test_api_key_in_a_samples_file_is_masked_in_the_run_dir(
     tmp_path: Path, default_image: str
 ) -> None:
