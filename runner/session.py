@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from runner.actions import run_actions
 from runner.artifacts import RunDir
+from runner.audit import audit_evaluation, scripts_named
 from runner.contract import (
     ActionsSpec,
     BootstrapSpec,
@@ -828,6 +829,8 @@ class EnvSession:
         metrics = self._collect_metrics(p, metrics_rel, required, "evaluation", result)
         if metrics is None:
             return False
+        if not self._audit_holds(p, metrics, metrics_rel, result):
+            return False
         result.metrics = metrics
         p.verify.metrics = metrics
         bench = self.pipeline.benchmark
@@ -847,6 +850,32 @@ class EnvSession:
             ):
                 return False
         return True
+
+    def _audit_holds(
+        self, p: _Pass, metrics: Mapping[str, Any], metrics_rel: str, result: EvaluationResult
+    ) -> bool:
+        """The evaluation audit (runner/audit.py) over what the runner saw run."""
+        if self.options.audit == "off" or not self.options.require_metrics:
+            return True
+        self._pull_stage_files(p)
+        stage = p.verify.evaluation
+        findings = audit_evaluation(
+            metrics,
+            metrics_rel=metrics_rel,
+            executed=executed_commands(stage, p.host_dir / "stage_files"),
+            scripts=scripts_named([r.cmd for r in stage.results] if stage else [], self.repo.path),
+        )
+        if not findings:
+            return True
+        text = "; ".join(findings)
+        self.run_dir.write_text(f"env_api/{p.name}/evaluation_audit_error.txt", text)
+        self.run_dir.event("audit", findings=findings, mode=self.options.audit)
+        if self.options.audit == "warn-only":
+            return True
+        p.verify.metrics_errors.extend(findings)
+        p.verify.fail("evaluation")
+        result.reason = text
+        return False
 
     def _hints_hold(self, p: _Pass, result: EvaluationResult) -> bool:
         """When the evaluation env requires hints, check hints_*.json against our evidence."""

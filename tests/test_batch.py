@@ -144,7 +144,9 @@ def test_admission_never_admits_more_than_fits() -> None:
     cap = machine_capacity([Limits()], cores=2, memory_bytes=24 * gib)
     assert (cap.by_memory, cap.by_cpu, cap.limit) == (10, 8, 8)
     assert cap.admit(32) == 8 and cap.admit(3) == 3 and cap.admit(None) == 8
-    big = machine_capacity([Limits(), Limits(memory="8g", cpus=0.5)], cores=2, memory_bytes=24 * gib)
+    big = machine_capacity(
+        [Limits(), Limits(memory="8g", cpus=0.5)], cores=2, memory_bytes=24 * gib
+    )
     assert big.by_memory == 2 and big.limit == 2, "the largest sandbox decides"
     tiny = machine_capacity([Limits(memory="64m", cpus=0.1)], cores=64, memory_bytes=512 * gib)
     assert tiny.limit == tiny.engine_ceiling
@@ -207,18 +209,18 @@ def test_breaker_opens_probes_with_backoff_and_half_opens() -> None:
         breaker.record(outcome)
     assert breaker.state == BreakerState.CLOSED, "a verdict resets the count"
     breaker.record("infra")
-    assert breaker.state == BreakerState.OPEN and not breaker.allows_start()
+    assert breaker.state.value == "open" and not breaker.allows_start()
     answers[:] = [False, True]
     now[0] = 1.0
     assert not breaker.allows_start()  # probe 1 fails: next one in 2 s
     now[0] = 2.5
     assert not breaker.allows_start() and answers == [True], "not probed before it is due"
     now[0] = 3.0
-    assert breaker.allows_start() and breaker.state == BreakerState.HALF_OPEN
+    assert breaker.allows_start() and breaker.state.value == "half-open"
     breaker.started()
     assert not breaker.allows_start(), "half-open lets exactly one trial job through"
     breaker.record("ok")
-    assert breaker.state == BreakerState.CLOSED and breaker.allows_start()
+    assert breaker.state.value == "closed" and breaker.allows_start()
     breaker.trip("engine gone")
     now[0] = 200.0
     answers[:] = [False]

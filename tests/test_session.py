@@ -167,7 +167,7 @@ def test_bootstrap_runs_once_and_its_env_reaches_stages(tmp_path: Path, default_
     echo '{"ok": true, "score": 1}' > .aider_fsm/metrics.json
     """
     repo = make_repo(tmp_path / "repo", evaluation=evaluation)
-    sess = runner_env.setup(repo)
+    sess = runner_env.setup(repo, audit="off")  # the fixed score is not what is tested here
     assert sess.rollout(llm="m", repair_iters=0).ok
     res = sess.evaluate(repair_iters=0)
     assert res.ok, res.reason
@@ -218,7 +218,7 @@ def test_actions_yml_runs_once_after_bootstrap(tmp_path: Path, default_image: st
     echo '{"ok": true, "score": 1}' > .aider_fsm/metrics.json
     """
     (repo / ".aider_fsm" / "stages" / "evaluation.sh").write_text(textwrap.dedent(evaluation))
-    sess = runner_env.setup(repo)
+    sess = runner_env.setup(repo, audit="off")  # the fixed score is not what is tested here
     res = sess.evaluate(llm="m", repair_iters=0)
     assert res.ok, res.reason
     summary = json.loads(
@@ -291,7 +291,7 @@ def test_env_file_reaches_stages_and_is_masked(tmp_path: Path, default_image: st
     echo "{\\"ok\\": true, \\"score\\": 1, \\"seen\\": \\"$DATASET_TOKEN\\"}" > .aider_fsm/metrics.json
     """
     repo = make_repo(tmp_path / "repo", evaluation=evaluation)
-    sess = runner_env.setup(repo, env_file=env_file)
+    sess = runner_env.setup(repo, env_file=env_file, audit="off")
     res = sess.evaluate(llm="m", repair_iters=0)
     assert res.ok, res.reason
     # The stage saw the value; what comes back through the run dir is masked.
@@ -299,3 +299,16 @@ def test_env_file_reaches_stages_and_is_masked(tmp_path: Path, default_image: st
     for path in sess.artifacts_dir.rglob("*"):
         if path.is_file():
             assert "tok-1234567890" not in path.read_text(errors="replace"), path
+
+
+def test_audit_flags_a_hard_coded_score_and_warn_only_records_it(
+    tmp_path: Path, default_image: str
+) -> None:
+    evaluation = 'echo \'{"ok": true, "score": 0.875}\' > .aider_fsm/metrics.json\n'
+    repo = make_repo(tmp_path / "repo", evaluation=evaluation)
+    res = runner_env.setup(repo).evaluate(llm="m", repair_iters=0)
+    assert not res.ok and "audit.hard_coded_score" in res.reason
+    warn = runner_env.setup(repo, audit="warn-only")
+    res = warn.evaluate(llm="m", repair_iters=0)
+    assert res.ok
+    assert list(warn.artifacts_dir.glob("env_api/*/evaluation_audit_error.txt"))

@@ -35,6 +35,9 @@ def docker_setup(repo: Path, **kwargs: Any) -> EnvSession:
     pinned = sorted(k for k in ("sandbox", "workspace") if k in kwargs)
     if pinned:
         raise AssertionError(f"hostile tests never choose {pinned}: they run in docker, copied")
+    # These contracts write fixed scores on purpose while attacking something else; the
+    # audit that flags fixed scores is exercised by test_audit.py, which turns it on.
+    kwargs.setdefault("audit", "off")
     return runner_env.setup(repo, sandbox="docker", workspace="copy", **kwargs)
 
 

@@ -26,9 +26,6 @@ python -m pytest -q tests/test_eval.py
 """
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="audit not implemented yet (issue 5 item 5)"
-)
 def test_hard_coded_metrics_are_flagged_by_the_audit(tmp_path: Path, default_image: str) -> None:
     evaluation = """echo '{"ok": true, "score": 0.93}' > .aider_fsm/metrics.json\n"""
     repo = make_repo(tmp_path / "repo", evaluation=evaluation)
