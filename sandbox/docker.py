@@ -392,16 +392,24 @@ class DockerSandbox:
         rel = self._in_volume(full)
         if rel is not None and self._volume_path is not None:
             return hostfs.read_beneath(self._volume_path, rel, limit)
+        archive, _ = self._get_archive(full)
+        with archive:
+            return read_single(archive, limit)
+
+    def _get_archive(self, full: str) -> tuple[IO[bytes], dict[str, Any]]:
+        """The engine's tar of ``full`` (links never followed), spooled; and its stat.
+
+        Raises:
+            FileNotFoundError: ``full`` does not exist in the container.
+        """
         try:
             with engine_errors(f"read {full}"):
-                chunks, _stat = self._container.get_archive(full)
-                archive = spool_chunks(chunks)
+                chunks, stat = self._container.get_archive(full)
+                return spool_chunks(chunks), dict(stat)
         except SandboxError as exc:
             if isinstance(exc.__cause__, docker.errors.NotFound):
                 raise FileNotFoundError(full) from exc
             raise
-        with archive:
-            return read_single(archive, limit)
 
     def push(self, host_path: Path, sandbox_path: str) -> None:
         self._check_open()
@@ -425,14 +433,7 @@ class DockerSandbox:
         rel = self._in_volume(full)
         if rel is not None and self._volume_path is not None:
             return hostfs.copy_beneath(self._volume_path, rel, Path(host_path))
-        try:
-            with engine_errors(f"pull {full}"):
-                chunks, stat = self._container.get_archive(full)
-                archive = spool_chunks(chunks)
-        except SandboxError as exc:
-            if isinstance(exc.__cause__, docker.errors.NotFound):
-                raise FileNotFoundError(full) from exc
-            raise
+        archive, stat = self._get_archive(full)
         is_dir = bool(int(stat.get("mode", 0)) & (1 << 31))
         with archive:
             return safe_extract(archive, Path(host_path), strip_top=is_dir)

@@ -50,44 +50,34 @@ def in_container_killer(exec_marker: str) -> list[str]:
     return ["sh", "-c", _IN_CONTAINER_KILLER, "fsm-killer", exec_marker]
 
 
-def host_cgroup_procs(container_pid: int) -> Path | None:
-    """The host file listing the container's pids, found via its init's cgroup; None if unreadable."""
+def _cgroup_file(container_pid: int, v1_controller: str, v1_file: str, v2_file: str) -> Path | None:
+    """A file of the container's cgroup on the host: the v1 controller's, else the v2 one."""
     try:
         lines = Path(f"/proc/{container_pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "pids":
-            candidate = Path("/sys/fs/cgroup/pids") / path.lstrip("/") / "cgroup.procs"
+    entries = [line.split(":", 2) for line in lines if line.count(":") >= 2]
+    for _, controllers, path in entries:
+        if v1_controller in controllers.split(","):
+            candidate = Path("/sys/fs/cgroup") / v1_controller / path.lstrip("/") / v1_file
             if candidate.exists():
                 return candidate
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
+    for _, controllers, path in entries:
         if controllers == "":  # cgroup v2 unified hierarchy
-            candidate = Path("/sys/fs/cgroup") / path.lstrip("/") / "cgroup.procs"
+            candidate = Path("/sys/fs/cgroup") / path.lstrip("/") / v2_file
             if candidate.exists():
                 return candidate
     return None
+
+
+def host_cgroup_procs(container_pid: int) -> Path | None:
+    """The host file listing the container's pids, found via its init's cgroup; None if unreadable."""
+    return _cgroup_file(container_pid, "pids", "cgroup.procs", "cgroup.procs")
 
 
 def host_memory_oom_file(container_pid: int) -> Path | None:
     """The host file whose ``oom_kill`` counter counts OOM kills in the container."""
-    try:
-        lines = Path(f"/proc/{container_pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            candidate = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control"
-            if candidate.exists():
-                return candidate
-        if controllers == "":
-            candidate = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events"
-            if candidate.exists():
-                return candidate
-    return None
+    return _cgroup_file(container_pid, "memory", "memory.oom_control", "memory.events")
 
 
 def read_oom_kills(path: Path | None) -> int | None:
