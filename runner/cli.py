@@ -9,38 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import sys
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
-from rich.spinner import Spinner
-from rich.table import Table
 
 from runner.errors import ContractError, RunnerError
-from runner.report import (
-    CommandRow,
-    RunSummary,
-    command_row,
-    fmt_seconds,
-    load_run,
-    write_report,
-)
+from runner.progress import StageView, bare_table, planned_stages, print_summary, view_style
+from runner.report import fmt_seconds, load_run, summary_json, write_report
+from runner.starter import STARTER_FILES
 from sandbox.errors import SandboxError as SandboxLayerError
 
 if TYPE_CHECKING:
-    from runner.contract import ActionsSpec, BootstrapSpec, PipelineSpec
     from runner.session import EnvSession
 
 app = typer.Typer(
@@ -61,11 +48,6 @@ RepoDir = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 _ERRORS = (RunnerError, SandboxLayerError)
-_ORDER = (
-    "bootstrap", "actions", "auth", "tests", "deploy_setup", "deploy_health", "rollout",
-    "evaluation", "benchmark", "deploy_teardown",
-)  # fmt: skip
-"""The order a session runs stages in (STAGE_NAMES lists deploy_teardown with deploy)."""
 
 
 def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
@@ -73,13 +55,6 @@ def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
     err.print("[bold red]error:[/bold red] ", end="")
     err.print(str(exc).strip() or type(exc).__name__, markup=False)
     return typer.Exit(code)
-
-
-def _table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in columns:
-        table.add_column(col, no_wrap=True)
-    return table
 
 
 def _plain_line(msg: str) -> None:
@@ -127,7 +102,7 @@ def images_list() -> None:
         current, images = default_image_tag(), _fsm_images()
     except SandboxLayerError as exc:
         raise _fail(exc) from exc
-    table = _table("", "image", "size", "created (UTC)")
+    table = bare_table("", "image", "size", "created (UTC)")
     for img in images:
         size, created = img.attrs.get("Size", 0) / 1e6, str(img.attrs.get("Created", ""))
         mark = "*" if current in img.tags else ""
@@ -219,14 +194,6 @@ def _check_contract(path: Path) -> list[str]:
     return planned_stages(pipeline, boot, actions)
 
 
-def planned_stages(
-    pipeline: PipelineSpec, boot: BootstrapSpec | None, actions: ActionsSpec | None
-) -> list[str]:
-    """The stages a contract runs, in run order (a stage without commands is skipped)."""
-    firsts = {"bootstrap": bool(boot and boot.cmds), "actions": bool(actions and actions.actions)}
-    return [n for n in _ORDER if firsts.get(n, False) or (n not in firsts and pipeline.stage(n))]  # type: ignore[arg-type]
-
-
 @app.command()
 def validate(path: RepoDir = Path(".")) -> None:
     """Check pipeline.yml and .aider_fsm/*.yml without running anything."""
@@ -235,166 +202,6 @@ def validate(path: RepoDir = Path(".")) -> None:
     except RunnerError as exc:
         raise _fail(exc) from exc
     out.print(f"{path}: contract OK; stages: {', '.join(stages) or 'none'}", markup=False)
-
-
-# -- the starter contract written by `init` -------------------------------------------
-
-_PIPELINE = """\
-# pipeline.yml: this repository's evaluation contract (version 1), run by fsm-runner.
-# Every command runs in a disposable container with the repository root (/workspace)
-# as its working directory. Unknown keys are errors. Check it: fsm-runner validate .
-version: 1
-
-# tests:                    # the repository's own tests, before deploy (network: none)
-#   cmds: [python3 -m pytest -q]
-#   timeout_seconds: 600
-
-deploy:
-  # Start what the rollout talks to and describe it in .aider_fsm/runtime_env.json.
-  setup_cmds: [bash .aider_fsm/stages/deploy_setup.sh]
-  health_cmds: [bash .aider_fsm/stages/deploy_health.sh]
-  teardown_cmds: [bash .aider_fsm/stages/deploy_teardown.sh]
-  teardown_policy: always   # always | on_success | on_failure | never
-  timeout_seconds: 120
-
-rollout:
-  # Ask the model; write a samples JSONL and .aider_fsm/rollout.json pointing at it.
-  run_cmds: [bash .aider_fsm/stages/rollout.sh]
-  timeout_seconds: 600
-  # network: llm            # none | llm (only the model endpoint) | egress
-
-evaluation:
-  # Score this run's samples; write the metrics (`ok` must be exactly true).
-  run_cmds: [bash .aider_fsm/stages/evaluation.sh]
-  metrics_path: .aider_fsm/metrics.json
-  required_keys: [ok, score]
-  timeout_seconds: 600
-
-# benchmark:                # an optional extra scored run with its own metrics file
-#   run_cmds: [bash .aider_fsm/stages/benchmark.sh]
-#   metrics_path: .aider_fsm/benchmark_metrics.json
-#   required_keys: [ok, score]
-
-security:
-  mode: safe                # safe: no sudo/apt outside bootstrap; system: allowed
-  max_cmd_seconds: 900      # caps every command's timeout
-  # network: llm            # the most network any stage may get
-  # memory: 2g
-  # cpus: 1
-"""
-
-_BOOTSTRAP = """\
-# .aider_fsm/bootstrap.yml: prepare the environment once, before the stages. It gets
-# network (egress) so installs work. Keep it idempotent and non-interactive; tests and
-# evaluations belong in pipeline.yml.
-version: 1
-cmds:
-  - python3 --version
-  # - python3 -m venv .aider_fsm/venv
-  # - .aider_fsm/venv/bin/pip install -r requirements.txt
-env:
-  # Stages call "$AIDER_FSM_PYTHON"; a relative path is made absolute by the runner.
-  AIDER_FSM_PYTHON: python3   # e.g. .aider_fsm/venv/bin/python
-timeout_seconds: 600
-"""
-
-_DEPLOY_SETUP = """\
-#!/usr/bin/env bash
-# deploy.setup: start your service in the background, then describe it in
-# .aider_fsm/runtime_env.json (read by later stages through $AIDER_RUNTIME_ENV_PATH).
-# TODO: e.g. nohup "$AIDER_FSM_PYTHON" -m my_server --port 8000 >.aider_fsm/server.log 2>&1 &
-#            echo $! >.aider_fsm/server.pid
-set -euo pipefail
-printf '{"service": {}, "inference": {"model": "%s"}}\\n' "${AIDER_LLM_MODEL:-}" \\
-  >.aider_fsm/runtime_env.json
-"""
-
-_DEPLOY_HEALTH = """\
-#!/usr/bin/env bash
-# deploy.health: exit 0 once the service answers.
-# TODO: e.g. curl -fsS --retry 20 --retry-connrefused http://127.0.0.1:8000/health
-set -euo pipefail
-test -s .aider_fsm/runtime_env.json
-"""
-
-_DEPLOY_TEARDOWN = """\
-#!/usr/bin/env bash
-# deploy.teardown: stop what deploy started; must be safe to run twice.
-# TODO: e.g. kill "$(cat .aider_fsm/server.pid 2>/dev/null)" 2>/dev/null || true
-true
-"""
-
-_ROLLOUT = """\
-#!/usr/bin/env bash
-# rollout: write one {prompt, completion, reward} JSON line per sample, and
-# .aider_fsm/rollout.json naming that file. Outputs from earlier runs are removed first.
-set -euo pipefail
-"${AIDER_FSM_PYTHON:-python3}" - <<'PY'
-import json
-import os
-
-# TODO: your tasks; AIDER_EVAL_MODE is smoke or full (run fewer tasks for smoke).
-PROMPTS = ["What is 2 + 2?", "Name a prime number."]
-
-
-def complete(prompt: str) -> str:
-    # TODO: ask your model; OPENAI_BASE_URL, OPENAI_API_KEY and AIDER_LLM_MODEL are set
-    # when the run has a model endpoint.
-    return "TODO: call the model"
-
-
-def reward(prompt: str, completion: str) -> float:
-    return 0.0  # TODO: grade the completion
-
-
-out = ".aider_fsm/samples.jsonl"
-with open(out, "w") as fh:
-    for prompt in PROMPTS:
-        completion = complete(prompt)
-        sample = {"prompt": prompt, "completion": completion, "reward": reward(prompt, completion)}
-        fh.write(json.dumps(sample) + "\\n")
-manifest = {
-    "ok": True,
-    "mode": os.environ.get("AIDER_EVAL_MODE", "smoke"),
-    "counts": {"samples": len(PROMPTS), "errors": 0},
-    "paths": {"samples_jsonl": out},
-}
-with open(".aider_fsm/rollout.json", "w") as fh:
-    json.dump(manifest, fh)
-PY
-"""
-
-_EVALUATION = """\
-#!/usr/bin/env bash
-# evaluation: score the samples this run wrote. `ok` must be exactly true and `score`
-# a finite number, or the run fails.
-set -euo pipefail
-"${AIDER_FSM_PYTHON:-python3}" - <<'PY'
-import json
-
-with open(".aider_fsm/rollout.json") as fh:
-    samples = json.load(fh)["paths"]["samples_jsonl"]
-with open(samples) as fh:
-    rewards = [json.loads(line)["reward"] for line in fh]
-metrics = {"ok": True, "score": sum(rewards) / len(rewards), "n": len(rewards)}
-with open(".aider_fsm/metrics.json", "w") as fh:
-    json.dump(metrics, fh)
-print(json.dumps(metrics))
-PY
-"""
-
-STARTER_FILES: dict[str, str] = {
-    "pipeline.yml": _PIPELINE,
-    ".aider_fsm/bootstrap.yml": _BOOTSTRAP,
-    ".aider_fsm/stages/deploy_setup.sh": _DEPLOY_SETUP,
-    ".aider_fsm/stages/deploy_health.sh": _DEPLOY_HEALTH,
-    ".aider_fsm/stages/deploy_teardown.sh": _DEPLOY_TEARDOWN,
-    ".aider_fsm/stages/rollout.sh": _ROLLOUT,
-    ".aider_fsm/stages/evaluation.sh": _EVALUATION,
-    ".aider_fsm/.gitignore": "# Run outputs: never commit them.\nartifacts/\nvenv*/\n"
-    "runtime_env.json\nrollout.json\nmetrics.json\nsamples.jsonl\nhints_*.json\n",
-}
-"""Everything ``fsm-runner init`` writes: a contract that validates and runs as is."""
 
 
 @app.command()
@@ -413,153 +220,6 @@ def init(
     stages = _check_contract(path)  # valid by construction; a failure here is our bug
     out.print(f"wrote {len(STARTER_FILES)} files in {path}; stages: {', '.join(stages)}")
     out.print(f"next: fsm-runner validate {path} && fsm-runner run {path}", markup=False)
-
-
-# -- progress: live table, plain lines, or nothing ----------------------------------
-
-_STAGE_LINE = re.compile(r"^(?:stage )?(\w+) \((\d+) command\(s\), network=(\w+)\)$")
-_CMD_LINE = re.compile(r"^(\w+) \[\d+/\d+\] \$ (.*)$", re.DOTALL)
-Style = Literal["live", "plain", "quiet"]
-
-
-def view_style(console: Console) -> Style:
-    """A live view only where someone watches: a terminal, and not CI."""
-    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    return "live" if console.is_terminal and not ci else "plain"
-
-
-@dataclass
-class _Row:
-    state: str = "waiting"
-    network: str = ""
-    started: float | None = None
-    duration: float | None = None
-    line: str = ""
-    spinner: Spinner = field(default_factory=lambda: Spinner("dots", text="running"))
-
-
-def _last_output(cmd: CommandRow, run_dir: Path) -> str:
-    """The last non-blank line a finished command printed (stderr first when it failed)."""
-    kinds = ("stdout", "stderr") if cmd.rc == 0 else ("stderr", "stdout")
-    for kind in kinds:
-        try:
-            with open(cmd.log(run_dir, kind), "rb") as fh:
-                fh.seek(max(0, fh.seek(0, os.SEEK_END) - 2048))
-                lines = fh.read().decode(errors="replace").strip().splitlines()
-        except OSError:
-            continue
-        if lines:
-            return lines[-1].strip()[:200]
-    return ""
-
-
-class StageView:
-    """Progress of a run, built on the session's ``progress`` lines and its events.jsonl.
-
-    The lines say when a stage or a command starts; the events, read as they are
-    appended, say when a stage ends, how long it took and what its command printed.
-    """
-
-    def __init__(self, console: Console, style: Style) -> None:
-        self.console, self.style = console, style
-        self.rows: dict[str, _Row] = {}
-        self.note = ""
-        self._t0 = time.monotonic()
-        self._lock = threading.RLock()
-        self._run_dir: Path | None = None
-        self._offset = 0
-        self._live: Live | None = None
-        self._title = ""
-
-    def begin(self, sess: EnvSession) -> None:
-        """Attach to the session's run dir; list the stages its contract will run."""
-        self._run_dir = sess.artifacts_dir
-        actions = getattr(sess, "actions_spec", None)
-        for name in planned_stages(sess.pipeline, sess.bootstrap_spec, actions):
-            self.rows[name] = _Row()
-        self._title = f"fsm-runner · {sess.repo.path} · run {sess.run_id}"
-        if self.style == "live":
-            self._live = Live(self, console=self.console, refresh_per_second=8, transient=True)
-            self._live.start()
-        elif self.style == "plain":
-            self._say(self._title)
-
-    def end(self) -> None:
-        """Stop the live table (the caller prints the result) and apply the last events."""
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-        with self._lock:
-            self._poll()
-
-    def __call__(self, msg: str) -> None:
-        """The session's ``progress`` callback: one line per step."""
-        with self._lock:
-            self._poll()
-            if m := _STAGE_LINE.match(msg):
-                self.rows[m[1]] = _Row("running", m[3], time.monotonic())
-                self.note = ""  # the caption is for steps outside stages (image, sandbox)
-            elif m := _CMD_LINE.match(msg):
-                self.rows.setdefault(m[1], _Row()).line = f"$ {m[2]}"
-            else:
-                self.note = msg
-            if self.style == "plain":
-                self._say(msg)
-
-    def _say(self, msg: str) -> None:
-        self.console.print(f"[{time.monotonic() - self._t0:6.1f}s] {msg}", markup=False)
-
-    def _poll(self) -> None:
-        """Apply the events appended since the last call (whole lines only)."""
-        if self._run_dir is None:
-            return
-        try:
-            with open(self._run_dir / "events.jsonl", "rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
-        except OSError:
-            return
-        whole = data[: data.rfind(b"\n") + 1]
-        self._offset += len(whole)
-        for raw in whole.splitlines():
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(ev, dict) or ev.get("kind") not in ("command", "stage_end"):
-                continue
-            row = self.rows.setdefault(str(ev.get("stage")), _Row())
-            if ev["kind"] == "command":
-                row.line = _last_output(command_row(ev), self._run_dir) or row.line
-                continue
-            row.state = "ok" if ev.get("ok") is True else "failed"
-            row.duration = ev.get("duration_s") if isinstance(ev.get("duration_s"), float) else None
-            if self.style == "plain":
-                why = f": {ev.get('reason')}" if ev.get("reason") else ""
-                verdict = "ok" if row.state == "ok" else "FAILED"
-                self._say(f"{ev.get('stage')} {verdict} in {fmt_seconds(row.duration)}{why}")
-
-    def __rich__(self) -> Table:
-        with self._lock:
-            self._poll()
-            now = time.monotonic()
-            table = Table(title=self._title, title_justify="left", box=None, header_style="bold")
-            table.add_column("stage")
-            table.add_column("state", min_width=10)
-            table.add_column("time", justify="right")
-            table.add_column("network")
-            table.add_column("last line", overflow="ellipsis", no_wrap=True, max_width=70)
-            styles = {"ok": "green", "failed": "bold red", "waiting": "dim"}
-            for name, row in self.rows.items():
-                took = row.duration if row.state != "running" else now - (row.started or now)
-                state = row.spinner if row.state == "running" else row.state
-                table.add_row(
-                    name, state, fmt_seconds(took), row.network, row.line,
-                    style=styles.get(row.state, ""),
-                )  # fmt: skip
-            table.caption = f"{self.note[:100]}  ({fmt_seconds(now - self._t0)})".lstrip()
-            table.caption_justify = "left"
-            return table
 
 
 # -- run -----------------------------------------------------------------------------
@@ -589,6 +249,10 @@ def run(
     network: Annotated[
         Literal["none", "llm", "egress"] | None, typer.Option(help="Cap on every stage's network.")
     ] = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="A .env file (KEY=VALUE) for every stage, masked."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON result object.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -600,7 +264,12 @@ def run(
     interrupted = False
     try:
         sess = runner_env.setup(
-            target, progress=view, sandbox=sandbox, image=image, network=network
+            target,
+            progress=view,
+            sandbox=sandbox,
+            image=image,
+            network=network,
+            env_file=env_file,
         )
         view.begin(sess)
         try:
@@ -633,9 +302,9 @@ def run(
     summary = load_run(sess.artifacts_dir)
     report = write_report(sess.artifacts_dir)
     if as_json:
-        print(json.dumps({**_summary_json(summary, report), "interrupted": interrupted}))
+        print(json.dumps({**summary_json(summary, report), "interrupted": interrupted}))
     else:
-        _print_summary(summary, out)
+        print_summary(summary, out)
         out.print(f"report: {report}", markup=False)
     raise typer.Exit(130 if interrupted else 0 if summary.ok else 1)
 
@@ -643,64 +312,6 @@ def run(
 def _json_error(as_json: bool, message: str) -> None:
     if as_json:
         print(json.dumps({"ok": False, "error": message}))
-
-
-def _summary_json(s: RunSummary, report: Path | None = None) -> dict[str, Any]:
-    return {
-        "ok": bool(s.ok),
-        "failed_stage": s.failed_stage,
-        "reason": s.reason,
-        "score": s.score,
-        "metrics": s.metrics,
-        "samples": s.samples,
-        "run_id": s.run_id,
-        "artifacts_dir": str(s.path),
-        "report": str(report) if report else None,
-        "duration_s": s.duration_s,
-        "stages": [
-            {"stage": r.stage, "ok": r.ok, "duration_s": r.duration_s, "network": r.network}
-            for r in s.stages
-        ],
-    }
-
-
-def _print_summary(s: RunSummary, console: Console) -> None:
-    """Stage table, result line and, on failure, where it failed and its logs."""
-    table = _table("stage", "result", "time", "network", "commands")
-    for row in s.stages:
-        style = {True: "green", False: "bold red", None: "yellow"}[row.ok]
-        table.add_row(
-            row.stage,
-            f"[{style}]{row.status}[/{style}]",
-            fmt_seconds(row.duration_s),
-            row.network or "-",
-            str(len(row.commands)),
-        )
-    console.print(table)
-    score = "" if s.score is None else f" · score {s.score:g}"
-    samples = "" if s.samples is None else f" · {s.samples} samples"
-    verdict = {
-        True: "[bold green]ok[/]" + (" (rollout only)" if s.phase == "rollout" else ""),
-        False: "[bold red]FAILED[/]",
-        None: "[yellow]unfinished[/]",
-    }
-    console.print(f"{verdict[s.ok]}{score}{samples} · {fmt_seconds(s.duration_s)} · run {s.run_id}")
-    failed = s.failed_row
-    if s.ok is False or failed is not None:
-        where = s.failed_stage or (failed.stage if failed else "?")
-        console.print(f"failed at {where}: {s.reason}", markup=False)
-    if failed is not None and failed.commands:
-        last = failed.commands[-1]
-        console.print(f"  command: {last.cmd}  ({last.outcome})", markup=False)
-        for kind in ("stderr", "stdout"):
-            log = last.log(s.path, kind)
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
-            console.print(f"  {kind}: {log}", markup=False)
-            for line in tail:
-                console.print(f"    | {line}", markup=False, style="dim")
-    for path in s.error_files:
-        console.print(f"  contract error: {path}", markup=False)
-    console.print(f"run dir: {s.path}", markup=False)
 
 
 # -- past runs -----------------------------------------------------------------------
@@ -718,12 +329,14 @@ def runs(
     infos = list_runs(path)[:limit]
     summaries = [load_run(info.path) for info in infos]
     if as_json:
-        print(json.dumps([_summary_json(s) for s in summaries]))
+        print(json.dumps([summary_json(s) for s in summaries]))
         return
     if not infos:
         out.print(f"no runs under {path / '.aider_fsm' / 'artifacts'}", markup=False)
         return
-    table = _table("run id", "started (UTC)", "state", "result", "score", "duration", "failed at")
+    table = bare_table(
+        "run id", "started (UTC)", "state", "result", "score", "duration", "failed at"
+    )
     for info, s in zip(infos, summaries, strict=True):
         result = {True: "[green]ok[/]", False: "[red]failed[/]", None: "-"}[info.ok]
         table.add_row(
@@ -757,7 +370,7 @@ def show(
         )
     run_dir = repo / ".aider_fsm" / "artifacts" / found[0]
     summary = load_run(run_dir)
-    _print_summary(summary, out)
+    print_summary(summary, out)
     out.print(f"report: {write_report(run_dir)}", markup=False)
 
 

@@ -6,7 +6,7 @@ fill in stages whose events were lost (a crash between a stage's end and its eve
 This module only reads the run dir; the one file it writes, ``report.md``, goes through
 :class:`runner.artifacts.RunDir`, the only writer there. ``fsm-runner show`` and
 ``fsm-runner runs`` read runs through :func:`load_run` too, so the terminal and the
-report always agree.
+report always agree; :func:`summary_json` is the same structure for ``--json``.
 """
 
 from __future__ import annotations
@@ -372,3 +372,26 @@ def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` into ``run_dir`` from what the run recorded; return its path."""
     text = render_markdown(load_run(run_dir))
     return RunDir(run_dir.name, run_dir).write_text(REPORT_FILE, text)
+
+
+# -- JSON for `run --json` and `runs --json` -------------------------------------------
+
+
+def summary_json(s: RunSummary, report: Path | None = None) -> dict[str, Any]:
+    """The object ``fsm-runner run --json`` and ``runs --json`` print for one run."""
+    return {
+        "ok": bool(s.ok),
+        "failed_stage": s.failed_stage,
+        "reason": s.reason,
+        "score": s.score,
+        "metrics": s.metrics,
+        "samples": s.samples,
+        "run_id": s.run_id,
+        "artifacts_dir": str(s.path),
+        "report": str(report) if report else None,
+        "duration_s": s.duration_s,
+        "stages": [
+            {"stage": r.stage, "ok": r.ok, "duration_s": r.duration_s, "network": r.network}
+            for r in s.stages
+        ],
+    }

@@ -22,7 +22,7 @@ import pytest
 from rich.console import Console
 
 from runner.artifacts import CommandRecord, RunDir
-from runner.cli import STARTER_FILES, StageView, main
+from runner.cli import main
 from runner.contract import (
     load_actions,
     load_bootstrap,
@@ -30,7 +30,9 @@ from runner.contract import (
     validate_metrics,
     validate_rollout,
 )
+from runner.progress import StageView
 from runner.report import load_run, write_report
+from runner.starter import STARTER_FILES
 from tests.contract_repos import make_repo
 
 ROOT = Path(__file__).resolve().parent.parent

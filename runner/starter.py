@@ -1,0 +1,165 @@
+"""The starter contract ``fsm-runner init`` writes: every file, commented, runs as is.
+
+``pipeline.yml`` and ``.aider_fsm/bootstrap.yml`` validate as written; the stage scripts
+write placeholder outputs the validators accept, with TODOs where the real work goes.
+``tests/test_cli.py`` loads and runs them, so a template that stops working fails there.
+"""
+
+from __future__ import annotations
+
+_PIPELINE = """\
+# pipeline.yml: this repository's evaluation contract (version 1), run by fsm-runner.
+# Every command runs in a disposable container with the repository root (/workspace)
+# as its working directory. Unknown keys are errors. Check it: fsm-runner validate .
+version: 1
+
+# tests:                    # the repository's own tests, before deploy (network: none)
+#   cmds: [python3 -m pytest -q]
+#   timeout_seconds: 600
+
+deploy:
+  # Start what the rollout talks to and describe it in .aider_fsm/runtime_env.json.
+  setup_cmds: [bash .aider_fsm/stages/deploy_setup.sh]
+  health_cmds: [bash .aider_fsm/stages/deploy_health.sh]
+  teardown_cmds: [bash .aider_fsm/stages/deploy_teardown.sh]
+  teardown_policy: always   # always | on_success | on_failure | never
+  timeout_seconds: 120
+
+rollout:
+  # Ask the model; write a samples JSONL and .aider_fsm/rollout.json pointing at it.
+  run_cmds: [bash .aider_fsm/stages/rollout.sh]
+  timeout_seconds: 600
+  # network: llm            # none | llm (only the model endpoint) | egress
+
+evaluation:
+  # Score this run's samples; write the metrics (`ok` must be exactly true).
+  run_cmds: [bash .aider_fsm/stages/evaluation.sh]
+  metrics_path: .aider_fsm/metrics.json
+  required_keys: [ok, score]
+  timeout_seconds: 600
+
+# benchmark:                # an optional extra scored run with its own metrics file
+#   run_cmds: [bash .aider_fsm/stages/benchmark.sh]
+#   metrics_path: .aider_fsm/benchmark_metrics.json
+#   required_keys: [ok, score]
+
+security:
+  mode: safe                # safe: no sudo/apt outside bootstrap; system: allowed
+  max_cmd_seconds: 900      # caps every command's timeout
+  # network: llm            # the most network any stage may get
+  # memory: 2g
+  # cpus: 1
+"""
+
+_BOOTSTRAP = """\
+# .aider_fsm/bootstrap.yml: prepare the environment once, before the stages. It gets
+# network (egress) so installs work. Keep it idempotent and non-interactive; tests and
+# evaluations belong in pipeline.yml.
+version: 1
+cmds:
+  - python3 --version
+  # - python3 -m venv .aider_fsm/venv
+  # - .aider_fsm/venv/bin/pip install -r requirements.txt
+env:
+  # Stages call "$AIDER_FSM_PYTHON"; a relative path is made absolute by the runner.
+  AIDER_FSM_PYTHON: python3   # e.g. .aider_fsm/venv/bin/python
+timeout_seconds: 600
+"""
+
+_DEPLOY_SETUP = """\
+#!/usr/bin/env bash
+# deploy.setup: start your service in the background, then describe it in
+# .aider_fsm/runtime_env.json (read by later stages through $AIDER_RUNTIME_ENV_PATH).
+# TODO: e.g. nohup "$AIDER_FSM_PYTHON" -m my_server --port 8000 >.aider_fsm/server.log 2>&1 &
+#            echo $! >.aider_fsm/server.pid
+set -euo pipefail
+printf '{"service": {}, "inference": {"model": "%s"}}\\n' "${AIDER_LLM_MODEL:-}" \\
+  >.aider_fsm/runtime_env.json
+"""
+
+_DEPLOY_HEALTH = """\
+#!/usr/bin/env bash
+# deploy.health: exit 0 once the service answers.
+# TODO: e.g. curl -fsS --retry 20 --retry-connrefused http://127.0.0.1:8000/health
+set -euo pipefail
+test -s .aider_fsm/runtime_env.json
+"""
+
+_DEPLOY_TEARDOWN = """\
+#!/usr/bin/env bash
+# deploy.teardown: stop what deploy started; must be safe to run twice.
+# TODO: e.g. kill "$(cat .aider_fsm/server.pid 2>/dev/null)" 2>/dev/null || true
+true
+"""
+
+_ROLLOUT = """\
+#!/usr/bin/env bash
+# rollout: write one {prompt, completion, reward} JSON line per sample, and
+# .aider_fsm/rollout.json naming that file. Outputs from earlier runs are removed first.
+set -euo pipefail
+"${AIDER_FSM_PYTHON:-python3}" - <<'PY'
+import json
+import os
+
+# TODO: your tasks; AIDER_EVAL_MODE is smoke or full (run fewer tasks for smoke).
+PROMPTS = ["What is 2 + 2?", "Name a prime number."]
+
+
+def complete(prompt: str) -> str:
+    # TODO: ask your model; OPENAI_BASE_URL, OPENAI_API_KEY and AIDER_LLM_MODEL are set
+    # when the run has a model endpoint.
+    return "TODO: call the model"
+
+
+def reward(prompt: str, completion: str) -> float:
+    return 0.0  # TODO: grade the completion
+
+
+out = ".aider_fsm/samples.jsonl"
+with open(out, "w") as fh:
+    for prompt in PROMPTS:
+        completion = complete(prompt)
+        sample = {"prompt": prompt, "completion": completion, "reward": reward(prompt, completion)}
+        fh.write(json.dumps(sample) + "\\n")
+manifest = {
+    "ok": True,
+    "mode": os.environ.get("AIDER_EVAL_MODE", "smoke"),
+    "counts": {"samples": len(PROMPTS), "errors": 0},
+    "paths": {"samples_jsonl": out},
+}
+with open(".aider_fsm/rollout.json", "w") as fh:
+    json.dump(manifest, fh)
+PY
+"""
+
+_EVALUATION = """\
+#!/usr/bin/env bash
+# evaluation: score the samples this run wrote. `ok` must be exactly true and `score`
+# a finite number, or the run fails.
+set -euo pipefail
+"${AIDER_FSM_PYTHON:-python3}" - <<'PY'
+import json
+
+with open(".aider_fsm/rollout.json") as fh:
+    samples = json.load(fh)["paths"]["samples_jsonl"]
+with open(samples) as fh:
+    rewards = [json.loads(line)["reward"] for line in fh]
+metrics = {"ok": True, "score": sum(rewards) / len(rewards), "n": len(rewards)}
+with open(".aider_fsm/metrics.json", "w") as fh:
+    json.dump(metrics, fh)
+print(json.dumps(metrics))
+PY
+"""
+
+STARTER_FILES: dict[str, str] = {
+    "pipeline.yml": _PIPELINE,
+    ".aider_fsm/bootstrap.yml": _BOOTSTRAP,
+    ".aider_fsm/stages/deploy_setup.sh": _DEPLOY_SETUP,
+    ".aider_fsm/stages/deploy_health.sh": _DEPLOY_HEALTH,
+    ".aider_fsm/stages/deploy_teardown.sh": _DEPLOY_TEARDOWN,
+    ".aider_fsm/stages/rollout.sh": _ROLLOUT,
+    ".aider_fsm/stages/evaluation.sh": _EVALUATION,
+    ".aider_fsm/.gitignore": "# Run outputs: never commit them.\nartifacts/\nvenv*/\n"
+    "runtime_env.json\nrollout.json\nmetrics.json\nsamples.jsonl\nhints_*.json\n",
+}
+"""Everything ``fsm-runner init`` writes: a contract that validates and runs as is."""
