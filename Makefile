@@ -44,6 +44,7 @@ lint: venv
 bench: setup
 	$(BIN)/python -m benchmarks.sandbox_overhead
 	$(BIN)/python -m benchmarks.session_overhead
+	$(BIN)/python -m benchmarks.batch
 
 gc: venv
 	$(BIN)/fsm-runner gc

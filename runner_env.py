@@ -9,6 +9,7 @@
 Every target command runs inside a disposable Docker container.
 """
 
+from runner.batch import Job, JobResult, run_many
 from runner.errors import ContractError, PolicyViolation, RunnerError, SandboxError, TargetError
 from runner.results import EvaluationResult, RolloutResult
 from runner.session import EnvSession
@@ -18,10 +19,13 @@ __all__ = [
     "ContractError",
     "EnvSession",
     "EvaluationResult",
+    "Job",
+    "JobResult",
     "PolicyViolation",
     "RolloutResult",
     "RunnerError",
     "SandboxError",
     "TargetError",
+    "run_many",
     "setup",
 ]

@@ -105,9 +105,10 @@ class _Recorder:
 
 
 def _start_cluster() -> tuple[Any, str]:
-    from distributed import LocalCluster
+    import distributed
 
-    cluster: Any = LocalCluster(  # type: ignore[no-untyped-call]
+    cluster_cls: Any = distributed.LocalCluster  # untyped constructor in some releases
+    cluster: Any = cluster_cls(
         n_workers=DASK_WORKERS,
         threads_per_worker=1,
         processes=True,

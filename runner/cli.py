@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from runner.batch.cli import batch_app
 from runner.errors import ContractError, RunnerError
 from runner.progress import StageView, bare_table, planned_stages, print_summary, view_style
 from runner.report import fmt_seconds, load_run, summary_json, write_report
@@ -38,6 +39,7 @@ app = typer.Typer(
 )
 images_app = typer.Typer(no_args_is_help=True, help="The sandbox images (built offline).")
 app.add_typer(images_app, name="images")
+app.add_typer(batch_app)
 # soft_wrap: a message is one line however narrow the terminal (or 80 columns in a pipe).
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 # Piped tables get room instead of the 80 columns rich assumes without a terminal.

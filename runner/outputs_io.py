@@ -10,6 +10,7 @@ any link planted there: the host repo is written nowhere else.
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 from pathlib import Path, PurePosixPath
 
@@ -83,13 +84,21 @@ def write_host_output(repo_root: Path, rel_path: str, data: bytes | None) -> Pat
     target = _host_output_path(repo_root, rel_path)
     if target is None:
         return None
-    if target.is_symlink() or target.exists():
-        target.unlink()
     if data is None:
+        target.unlink(missing_ok=True)
         return None
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    # A fresh temp file (O_EXCL: never through a planted link) renamed over the target:
+    # rename replaces a link itself, never what it points at, and two sessions writing
+    # the same output race to a whole file instead of failing on each other's unlink.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -190,10 +190,13 @@ class DockerSandbox:
         self._closed = True
         _open_sandboxes.discard(self)
         net = getattr(self, "_net", None)
-        if self._container is not None:
-            # Already gone, or the reaper removes it by label: close never raises.
-            with contextlib.suppress(docker.errors.DockerException):
+        # Already gone, or the reaper removes it by label: close never raises. Without a
+        # handle (create timed out or was interrupted after the engine made it), by name.
+        with contextlib.suppress(docker.errors.DockerException):
+            if self._container is not None:
                 self._container.remove(force=True, v=True)
+            elif getattr(self, "_client", None) is not None:
+                self._client.api.remove_container(f"fsm-{self.sandbox_id}", force=True, v=True)
         if net is not None:
             net.close()
 

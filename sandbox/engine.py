@@ -80,9 +80,10 @@ def _connect() -> docker.DockerClient:
     # Probe with a pinned-version client first: ``from_env()`` negotiates the API version
     # inside its constructor and leaks that socket when the engine is missing.
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if host.startswith("unix://") and not os.path.exists(host.removeprefix("unix://")):
-        # Checked first because docker-py leaks the socket of a failed unix connect.
-        raise EngineUnavailable(f"no engine socket at {host.removeprefix('unix://')}")
+    if host.startswith("unix://"):
+        # Checked first because docker-py leaks the socket of a failed unix connect
+        # (a stale socket file left by a dead dockerd refuses connections).
+        _check_unix_socket(host.removeprefix("unix://"))
     probe: docker.DockerClient | None = None
     try:
         probe = docker.from_env(version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=10)
@@ -96,6 +97,17 @@ def _connect() -> docker.DockerClient:
         if probe is not None:
             probe.close()
     return client
+
+
+def _check_unix_socket(path: str) -> None:
+    if not os.path.exists(path):
+        raise EngineUnavailable(f"no engine socket at {path}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise EngineUnavailable(f"engine socket {path}: {exc.strerror or exc}") from exc
 
 
 def get_client() -> docker.DockerClient:

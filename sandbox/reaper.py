@@ -50,8 +50,21 @@ def creator_alive(labels: dict[str, str]) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    if _is_zombie(pid):
+        return False  # exited; its parent has not reaped it yet
     start = labels.get(LABEL_CREATOR_START, "")
     return not start or process_start_ticks(pid) == start
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    # Field 3 (state), counted after the parenthesised command name.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def gc(*, include_live: bool = False) -> GcReport:
@@ -63,7 +76,12 @@ def gc(*, include_live: bool = False) -> GcReport:
     client = get_client()
     report = GcReport()
     with engine_errors("list containers"):
-        containers: list[Any] = client.containers.list(all=True, filters={"label": LABEL_KIND})
+        containers: list[Any] = client.containers.list(
+            # ignore_removed: another gc (or a closing sandbox) may remove one mid-listing.
+            all=True,
+            filters={"label": LABEL_KIND},
+            ignore_removed=True,
+        )
     for ct in containers:
         if not include_live and creator_alive(ct.labels):
             report.kept_live += 1
@@ -76,7 +94,10 @@ def gc(*, include_live: bool = False) -> GcReport:
     with engine_errors("list networks"):
         networks: list[Any] = client.networks.list(filters={"label": f"{LABEL_KIND}=network"})
     for net in networks:
-        net.reload()
+        try:
+            net.reload()
+        except docker.errors.NotFound:
+            continue  # removed since the listing
         if (net.attrs.get("Containers") or {}) or (
             not include_live and creator_alive(net.attrs.get("Labels") or {})
         ):

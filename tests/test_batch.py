@@ -7,16 +7,27 @@ so they can run side by side; everything Docker-specific is in test_batch_docker
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from runner.batch import Job, JobResult, ResultsFile, RetryPolicy, machine_capacity, run_batch
+from runner.batch import (
+    Job,
+    JobOptions,
+    JobResult,
+    ResultsFile,
+    RetryPolicy,
+    machine_capacity,
+    run_batch,
+)
 from runner.batch.admission import host_slot, parse_size
 from runner.batch.breaker import BreakerState, EngineBreaker
 from runner.batch.jobs import load_jobs, normalise_jobs
+from runner.batch.results import Outcome
 from runner.batch.worker import run_job
 from runner.errors import ContractError
 from sandbox import Limits
@@ -114,8 +125,8 @@ def test_api_jobs_validate_and_ids_are_stable() -> None:
 # -- results file ------------------------------------------------------------------------
 
 
-def _result(job_id: str, outcome: str = "ok") -> JobResult:
-    return JobResult(job_id=job_id, index=0, outcome=outcome, target="t", llm="m", mode="smoke")  # type: ignore[arg-type]
+def _result(job_id: str, outcome: Outcome = "ok") -> JobResult:
+    return JobResult(job_id=job_id, index=0, outcome=outcome, target="t", llm="m", mode="smoke")
 
 
 def test_results_file_survives_a_torn_line_and_keeps_old_runs(tmp_path: Path) -> None:
@@ -236,7 +247,7 @@ def test_infra_errors_are_retried_and_stage_failures_are_not(
 ) -> None:
     failing = local_repo(tmp_path / "failing", rollout="echo broken >&2; exit 3\n")
     fast = RetryPolicy(attempts=3, initial_s=0.01, max_s=0.02)
-    res = run_job(Job(id="f", target=str(failing), options={"sandbox": "local"}), 0, fast)  # type: ignore[arg-type]
+    res = run_job(Job(id="f", target=str(failing), options=JobOptions(sandbox="local")), 0, fast)
     assert (res.outcome, res.failed_stage, res.attempts) == ("failed", "rollout", 1)
     bad = run_job(Job(id="b", target=str(tmp_path / "missing")), 1, fast)
     assert (bad.outcome, bad.attempts) == ("error", 1) and "TargetError" in bad.reason
@@ -302,3 +313,52 @@ def test_engine_down_opens_the_breaker_and_runs_nothing(
     assert events and "open" in events[0]
     assert ResultsFile(tmp_path / "r.jsonl").read() == {}, "not-run jobs leave no record"
     assert report.summary["stopped"].startswith("engine did not answer")
+
+
+# -- CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_runs_a_jobs_file_and_prints_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from runner.batch.cli import _table, batch_app
+
+    local_repo(tmp_path / "good")
+    local_repo(tmp_path / "bad", evaluation="exit 4\n")
+    jobs = write(
+        tmp_path / "jobs.yaml",
+        "defaults: {options: {sandbox: local}}\nworkers: 2\n"
+        "jobs:\n  - {id: a, target: ./good}\n  - {id: b, target: ./bad}\n",
+    )
+    monkeypatch.setenv("CI", "true")
+    frames: list[object] = []
+    first = CliRunner().invoke(batch_app, [str(jobs), "--json"])
+    assert first.exit_code == 1, first.output
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert (summary["ok"], summary["failed"], summary["workers"]) == (1, 1, 2)
+    assert "failed b" in first.stderr and "exit" not in first.stdout
+    again = CliRunner().invoke(batch_app, [str(jobs), "--resume"])
+    assert again.exit_code == 1 and "(2 resumed)" in again.stderr
+    bad = CliRunner().invoke(batch_app, [str(write(tmp_path / "x.yaml", "jobz: []\n"))])
+    assert bad.exit_code == 2 and "x.yaml:1: jobs: required key is missing" in bad.stderr
+    report = run_batch(
+        [{"id": "t", "target": str(tmp_path / "good"), "options": {"sandbox": "local"}}],
+        progress=lambda p: frames.append(_table(p)),
+    )
+    assert report.ok and frames, "the live table renders every snapshot"
+
+
+def test_an_unguarded_script_gets_a_clear_error_not_infra_results(tmp_path: Path) -> None:
+    repo = local_repo(tmp_path / "repo")
+    script = write(
+        tmp_path / "unguarded.py",
+        "from runner.batch import run_many\n"
+        f"run_many([{{'target': {str(repo)!r}, 'options': {{'sandbox': 'local'}}}}], workers=1)\n",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 1
+    assert "RuntimeError" in proc.stderr and "if __name__ == '__main__':" in proc.stderr

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,7 +214,7 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
     pytest.importorskip("distributed")
     address = f"tcp://127.0.0.1:{_free_port()}"
     port = address.rsplit(":", 1)[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     base = [sys.executable, "-m", "dask"]
     local = ["--host", "127.0.0.1", "--no-dashboard"]
     logs = (tmp_path / "scheduler.log").open("w"), (tmp_path / "workers.log").open("w")
@@ -245,9 +246,10 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
 
 
 def _wait_for_workers(address: str, n: int) -> None:
-    from distributed import Client
+    import distributed
 
-    with Client(address, timeout=60, set_as_default=False) as client:  # type: ignore[no-untyped-call]
+    client_cls: Any = distributed.Client
+    with client_cls(address, timeout=60, set_as_default=False) as client:
         client.wait_for_workers(n, timeout=120)
 
 
@@ -266,3 +268,26 @@ def test_dask_cluster_gives_the_same_results_as_the_local_pool(
     assert {r.pid for r in remote}.isdisjoint(local_pids | {os.getpid()}), "ran on Dask workers"
     run_ids = {r.run_id for r in local + remote if r.run_id}
     assert len(run_ids) == 8 and containers_of(run_ids) == []
+
+
+def test_benchmark_quick_run_saves_json(tmp_path: Path, default_image: str) -> None:
+    pytest.importorskip("distributed")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import batch as bench
+
+    argv = ["--jobs", "2", "--rounds", "1", "--json", "--results-dir", str(tmp_path)]
+    assert bench.main(argv) == 0
+    (path,) = tmp_path.glob("batch-*.json")
+    payload = json.loads(path.read_text())
+    assert [row["config"] for row in payload["scaling"]] == [
+        "pool-1",
+        "pool-2",
+        "pool-4",
+        "pool-8",
+        "dask-2",
+    ]
+    assert all(row["speedup_vs_serial"] > 0 for row in payload["scaling"])
+    checks = payload["checks"]
+    assert checks["identical_results"] and checks["all_ok"] and checks["containers_left"] == 0
+    assert payload["results"][0]["name"] == "dask_vs_pool_2"

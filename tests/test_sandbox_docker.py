@@ -254,6 +254,30 @@ def test_engine_missing_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None
     assert engine.engine_available()
 
 
+def test_stale_engine_socket_is_unavailable_without_leaking(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A dead dockerd leaves its socket file: that must read as "unavailable", and the
+    failed connect must not leak a socket (ResourceWarnings are errors in this suite)."""
+    import gc as garbage
+    import socket
+
+    from sandbox import engine
+
+    stale = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+        bound.bind(str(stale))  # bound, never listening: connect is refused
+    engine.reset_client()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{stale}")
+    try:
+        with pytest.raises(EngineUnavailable, match=r"engine socket .*docker\.sock"):
+            engine.get_client()
+        garbage.collect()
+    finally:
+        monkeypatch.undo()
+        engine.reset_client()
+
+
 def test_named_missing_image_is_a_clear_error() -> None:
     from sandbox import SandboxError
 

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from runner.batch.run import BatchProgress, run_batch
@@ -60,7 +61,7 @@ def _table(p: BatchProgress) -> Table:
         notes.append(f"last failure: {p.last.job_id} {p.last.failed_stage or p.last.outcome}")
     if p.message and p.event == "breaker":
         notes.append(p.message)
-    table.caption = "; ".join(notes) or None
+    table.caption = escape("; ".join(notes)) or None
     return table
 
 
@@ -90,7 +91,8 @@ def batch(
         str | None, typer.Option(help="Dask scheduler address, tcp://HOST:PORT.")
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Skip jobs that already have a result in the results file.")
+        bool,
+        typer.Option("--resume", help="Skip jobs that already have a verdict in the results file."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -100,7 +102,9 @@ def batch(
     try:
         spec, jobs, results_path = load_jobs(jobs_file)
     except RunnerError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        err.print(
+            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(2) from exc
     plain = _plain()
     live = None if plain else Live(console=err, refresh_per_second=4, transient=False)
@@ -125,8 +129,10 @@ def batch(
     except KeyboardInterrupt:
         err.print("interrupted: finished jobs are in the results file; run again with --resume")
         raise typer.Exit(130) from None
-    except (RunnerError, OSError, ValueError) as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    except (RunnerError, OSError, ValueError, RuntimeError) as exc:
+        err.print(
+            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(2) from exc
     finally:
         if live is not None:

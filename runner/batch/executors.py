@@ -24,6 +24,8 @@ from sandbox.engine import engine_available
 
 __all__ = ["Backend", "DaskBackend", "LocalPool"]
 
+_START_TIMEOUT_S = 120.0
+
 
 class Backend(Protocol):
     """What the batch loop needs from an executor."""
@@ -52,6 +54,24 @@ class LocalPool:
         self._workers = max(1, workers)
         self._retry = retry
         self._pool = self._new_pool()
+        self._checked = False
+
+    def _check_start(self) -> None:
+        """Start one worker before the first job, so a pool that cannot start says why.
+
+        Spawned workers import the caller's ``__main__``: a script that calls
+        ``run_many`` at top level runs again in every worker and kills it. Without this
+        check every job would come back as ``infra`` with a bare ``BrokenProcessPool``.
+        """
+        try:
+            self._pool.submit(os.getpid).result(timeout=_START_TIMEOUT_S)
+        except BrokenProcessPool as exc:
+            raise RuntimeError(
+                "the batch's worker processes died while starting. Workers are spawned and "
+                "import your main module: in a script, call run_many() under "
+                "`if __name__ == '__main__':`"
+            ) from exc
+        self._checked = True
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -65,6 +85,8 @@ class LocalPool:
         return self._workers
 
     def submit(self, job: Job, index: int) -> Future[JobResult]:
+        if not self._checked:
+            self._check_start()
         try:
             return self._pool.submit(run_job, job, index, self._retry)
         except BrokenProcessPool:
@@ -89,16 +111,15 @@ class DaskBackend:
 
     def __init__(self, address: str, retry: RetryPolicy, *, timeout_s: float = 30.0) -> None:
         try:
-            from distributed import Client
+            import distributed
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise RuntimeError(
                 "scheduler= needs dask.distributed: pip install 'dask[distributed]'"
             ) from exc
         self.address = address
         self._retry = retry
-        self._client: Any = Client(  # type: ignore[no-untyped-call]
-            address, timeout=timeout_s, set_as_default=False
-        )
+        client_cls: Any = distributed.Client  # untyped constructor in some releases
+        self._client: Any = client_cls(address, timeout=timeout_s, set_as_default=False)
         self._held: dict[str, Any] = {}
         self._slots = (0, 0.0)
 

@@ -13,7 +13,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -83,8 +83,8 @@ class BatchReport:
 
 def _crashed(fut: Future[JobResult], job: Job, index: int) -> JobResult:
     """A future that raised: the worker process or task died, not the job's verdict."""
-    exc = fut.exception()
-    interrupted = isinstance(exc, KeyboardInterrupt | SystemExit) or fut.cancelled()
+    exc = None if fut.cancelled() else fut.exception()
+    interrupted = exc is None or isinstance(exc, KeyboardInterrupt | SystemExit | CancelledError)
     reason = "interrupted" if interrupted else f"worker crashed: {type(exc).__name__}: {exc}"
     return JobResult(
         job_id=job.id or "",
@@ -146,7 +146,9 @@ def run_batch(
             todo.append((index, job))
     capacity = machine_capacity(job.options.limits() for job in resolved)
     backend = _backend(scheduler, workers, capacity, len(todo), retry)
-    window = backend.slots() if scheduler and workers is None else capacity.admit(workers)
+    # On a cluster each host enforces its own admission limit (host slots); this
+    # machine's capacity says nothing about the workers' hosts.
+    window = (workers or backend.slots()) if scheduler else capacity.admit(workers)
     state = BatchProgress(
         event="start",
         total=len(resolved),
@@ -195,7 +197,8 @@ def run_batch(
             finished, _ = wait(inflight, timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in finished:
                 index, job = inflight.pop(fut)
-                result = fut.result() if fut.exception() is None else _crashed(fut, job, index)
+                ok = not fut.cancelled() and fut.exception() is None
+                result = fut.result() if ok else _crashed(fut, job, index)
                 out[index] = result
                 if store is not None and result.outcome != "not_run":
                     store.append(result)
@@ -281,6 +284,8 @@ def run_many(
         ContractError: two jobs share an explicit id.
         pydantic.ValidationError: a mapping is not a valid job.
         OSError: the results file cannot be written; or no Dask scheduler answers.
+        RuntimeError: the pool's worker processes cannot start (in a script, call
+            ``run_many`` under ``if __name__ == "__main__":``; workers are spawned).
     """
     return run_batch(
         jobs,
