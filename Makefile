@@ -43,7 +43,8 @@ lint: venv
 
 bench: setup
 	$(BIN)/python -m benchmarks.sandbox_overhead
-	$(BIN)/python -m benchmarks.session_overhead
+	$(BIN)/python -m benchmarks.session_trivial
+	$(BIN)/python -m benchmarks.bootstrap_cache
 	$(BIN)/python -m benchmarks.batch
 
 gc: venv

@@ -93,6 +93,24 @@ class RunInfo:
     last_ts: str | None = None
 
 
+def secret_key(name: str) -> bool:
+    """A variable whose name says it holds a secret (``*KEY*``, ``*TOKEN*``, ``*PASSWORD*``...)."""
+    upper = name.upper()
+    return upper not in _NOT_SECRET_KEYS and any(part in upper for part in _SECRET_KEY_PARTS)
+
+
+def mask_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a record: values of secret-looking keys become ``***`` (placeholders stay)."""
+    return {
+        k: REDACTED
+        if secret_key(k)
+        and len(v.strip()) >= MIN_SECRET_LEN
+        and v.strip().lower() not in _PLACEHOLDERS
+        else v
+        for k, v in env.items()
+    }
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """``YYYYmmdd_HHMMSS_<6 hex>`` in UTC: sortable by time, unique by its suffix."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
@@ -180,8 +198,7 @@ class RunDir:
     def add_secrets_from_env(self, env: Mapping[str, str]) -> None:
         """Register values of secret-looking keys (the predecessor's list) and token-shaped values."""
         for key, value in env.items():
-            upper = key.upper()
-            if upper not in _NOT_SECRET_KEYS and any(part in upper for part in _SECRET_KEY_PARTS):
+            if secret_key(key):
                 self.add_secret(value)
             token = _TOKEN_VALUE_RE.fullmatch(value.strip())
             if token:
@@ -292,14 +309,21 @@ class RunDir:
         self._put(target, self.redact_bytes(data))
         return target
 
-    def _json_bytes(self, obj: object) -> bytes:
+    def _json_bytes(self, obj: object, *, redact: bool = True) -> bytes:
+        if not redact:
+            text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
+            return (text + "\n").encode("utf-8", errors="backslashreplace")
         text = json.dumps(self._redact_obj(obj), indent=2, ensure_ascii=False, default=str)
         return (self.redact(text) + "\n").encode("utf-8", errors="backslashreplace")
 
-    def write_json(self, rel: str | Path, obj: object) -> Path:
-        """Write ``obj`` as indented JSON (key order kept), redacted; objects fall back to ``str``."""
+    def write_json(self, rel: str | Path, obj: object, *, redact: bool = True) -> Path:
+        """Write ``obj`` as indented JSON (key order kept), redacted; objects fall back to ``str``.
+
+        ``redact=False`` is for a caller that redacted its free text itself and holds
+        values a blind pass could corrupt (hex digests that happen to contain a secret).
+        """
         target = self._target(rel)
-        self._put(target, self._json_bytes(obj))
+        self._put(target, self._json_bytes(obj, redact=redact))
         return target
 
     def scrub_tree(self, root: Path) -> int:

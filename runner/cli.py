@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from runner.batch.cli import batch_app
+from runner.cli_common import Quiet, err, out
+from runner.cli_common import fail as _fail
 from runner.errors import ContractError, RunnerError
+from runner.images_cli import images_app
 from runner.progress import StageView, bare_table, planned_stages, print_summary, view_style
+from runner.replay_cli import replay_app
 from runner.report import fmt_seconds, load_run, summary_json, write_report
 from runner.starter import STARTER_FILES
 from sandbox.errors import SandboxError as SandboxLayerError
@@ -37,116 +40,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Run a repository's evaluation contract inside disposable, hardened containers.",
 )
-images_app = typer.Typer(no_args_is_help=True, help="The sandbox images (built offline).")
 app.add_typer(images_app, name="images")
 app.add_typer(batch_app)
-# soft_wrap: a message is one line however narrow the terminal (or 80 columns in a pipe).
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-# Piped tables get room instead of the 80 columns rich assumes without a terminal.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+app.add_typer(replay_app)
 
 RepoDir = Annotated[
     Path, typer.Argument(help="Repository root.", exists=True, file_okay=False, resolve_path=True)
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 _ERRORS = (RunnerError, SandboxLayerError)
 
 
-def _fail(exc: BaseException, code: int = 1) -> typer.Exit:
-    """One readable block on stderr (a ContractError's first line is file:line: field)."""
-    err.print("[bold red]error:[/bold red] ", end="")
-    err.print(str(exc).strip() or type(exc).__name__, markup=False)
-    return typer.Exit(code)
-
-
-def _plain_line(msg: str) -> None:
-    err.print(msg, markup=False)
-
-
-# -- images, gc ----------------------------------------------------------------------
-
-
-@images_app.command("build")
-def images_build(
-    image: Annotated[str | None, typer.Option(help="Check this local image instead.")] = None,
-    quiet: Quiet = False,
-) -> None:
-    """Build (or confirm) the default image; instant when cached."""
-    from sandbox.images import ensure_image
-
-    style = "quiet" if quiet else view_style(err)
-    try:
-        if style == "live":
-            with err.status("checking the default image") as status:
-                tag = ensure_image(image, progress=lambda m: status.update(m[:100]))
-        else:
-            tag = ensure_image(image, progress=None if quiet else _plain_line)
-    except SandboxLayerError as exc:
-        raise _fail(exc) from exc
-    out.print(tag, markup=False)
-
-
-def _fsm_images(label: str | None = None) -> list[Any]:
-    from sandbox.engine import LABEL_KIND, engine_errors, get_client
-
-    labels = [f"{LABEL_KIND}=image", *([label] if label else [])]
-    with engine_errors("list images"):
-        images: list[Any] = get_client().images.list(filters={"label": labels})
-    return sorted(images, key=lambda i: str(i.attrs.get("Created", "")), reverse=True)
-
-
-@images_app.command("list")
-def images_list() -> None:
-    """Images fsm-runner built (tag, size, created); `*` marks the current default."""
-    from sandbox.images import default_image_tag
-
-    try:
-        current, images = default_image_tag(), _fsm_images()
-    except SandboxLayerError as exc:
-        raise _fail(exc) from exc
-    table = bare_table("", "image", "size", "created (UTC)")
-    for img in images:
-        size, created = img.attrs.get("Size", 0) / 1e6, str(img.attrs.get("Created", ""))
-        mark = "*" if current in img.tags else ""
-        table.add_row(mark, ", ".join(img.tags) or img.short_id, f"{size:.0f} MB", created[:19])
-    out.print(table)
-
-
-@images_app.command("prune")
-def images_prune(
-    keep: Annotated[int, typer.Option(min=0, help="Also keep the N newest others.")] = 0,
-    dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
-    label: Annotated[
-        str | None, typer.Option(metavar="KEY=VALUE", help="Only images with this label too.")
-    ] = None,
-) -> None:
-    """Remove fsm-runner images except the current default (and the rootfs it is built on)."""
-    import docker.errors
-
-    from sandbox.engine import engine_errors, get_client
-    from sandbox.images import default_image_tag, rootfs_tag
-
-    try:
-        current = {default_image_tag(), rootfs_tag()}
-        old = [i for i in _fsm_images(label) if not current & set(i.tags)][keep:]
-        removed = 0
-        for img in old:
-            names = img.tags or [img.id]
-            if dry_run:
-                out.print(f"would remove {', '.join(names)}", markup=False)
-                continue
-            try:
-                with engine_errors(f"remove {names[0]}"):
-                    for name in names:  # untag each name; the last one deletes the image
-                        get_client().images.remove(name)
-                removed += 1
-            except SandboxLayerError as exc:
-                in_use = isinstance(exc.__cause__, docker.errors.APIError)
-                err.print(f"kept {names[0]}: {'in use' if in_use else exc}", markup=False)
-    except SandboxLayerError as exc:
-        raise _fail(exc) from exc
-    if not dry_run:
-        out.print(f"removed {removed} image(s); kept the current default {default_image_tag()}")
+# -- gc ----------------------------------------------------------------------------
 
 
 @app.command()
@@ -255,6 +159,10 @@ def run(
         Path | None,
         typer.Option(metavar="PATH", help="A .env file (KEY=VALUE) for every stage, masked."),
     ] = None,
+    cache: Annotated[
+        Literal["on", "read", "off"],
+        typer.Option(help="Bootstrap image cache: reuse and save snapshots, only reuse, or none."),
+    ] = "on",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON result object.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -272,6 +180,7 @@ def run(
             image=image,
             network=network,
             env_file=env_file,
+            cache=cache,
         )
         view.begin(sess)
         try:

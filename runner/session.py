@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,13 @@ from typing import Any, Literal
 from runner.actions import run_actions
 from runner.artifacts import RunDir
 from runner.audit import audit_evaluation, scripts_named
+from runner.bootstrap_cache import (
+    CacheMode,
+    CachePlan,
+    mark_bootstrap_start,
+    plan_cache,
+    save_snapshot,
+)
 from runner.contract import (
     ActionsSpec,
     BootstrapSpec,
@@ -53,6 +61,7 @@ from runner.llm import (
     parse_llm,
     sandbox_endpoint,
 )
+from runner.manifest_builder import collect_samples, write_manifest
 from runner.outputs_io import (
     FIXED_OUTPUTS,
     STAGE_OUTPUTS,
@@ -111,6 +120,10 @@ class SessionOptions:
     repair_model: str | None = None
     """OpenCode model that repairs a failing contract (``opencode_repair_model`` or ``opencode_model``)."""
     pipeline_rel: str = "pipeline.yml"
+    cache: CacheMode = "on"
+    seed: int | None = None
+    """``AIDER_FSM_SEED`` for every stage; None derives it from the run id (``fsm-runner replay`` pins it)."""
+    """Bootstrap image cache: ``on`` reads and writes, ``read``, or ``off`` (bootstrap_cache.py)."""
 
 
 @dataclass
@@ -149,6 +162,7 @@ class EnvSession:
         self.llm: LlmChoice | None = None
         self._sandbox: Sandbox | None = None
         self._bootstrap_env: dict[str, str] | None = None
+        self._cache: CachePlan | None = None
         self._deployed = False
         self._rolled_out = False
         self._attempts: dict[str, int] = {}
@@ -205,10 +219,12 @@ class EnvSession:
             if self._deployed and self._sandbox is not None:
                 self._teardown(self._new_pass("final_teardown"), success=True)
         finally:
+            collect_samples(self.run_dir, self._sandbox)  # for the manifest, while it is open
             if self._sandbox is not None:
                 self._sandbox.close()
                 self._sandbox = None
             self._transition(State.CLOSED)
+            write_manifest(self)  # last: it hashes every file of the run dir
 
     def _transition(self, target: State, **why: object) -> None:
         if target == self.state:
@@ -235,10 +251,24 @@ class EnvSession:
             cpus=(min(sec.cpus, base.cpus) if sec and sec.cpus else base.cpus),
             pids=(min(sec.pids, base.pids) if sec and sec.pids else base.pids),
         )
+        try:
+            self._cache = plan_cache(
+                self.options.cache,
+                repo_root=self.repo.path,
+                spec=self.bootstrap_spec,
+                backend=self.options.backend,
+                workspace_mode=self.options.workspace_mode,
+                image=self.options.image,
+                extra_env=self.options.extra_env,
+                progress=self._say,
+            )
+        except SandboxLayerError as exc:
+            raise RunnerSandboxError(str(exc)) from exc
         spec = SandboxSpec(
             workspace_src=self.repo.path,
             workspace_mode=self.options.workspace_mode,
-            image=self.options.image,
+            image=self._cache.hit_image or self.options.image,
+            workspace_in_image=self._cache.hit,
             backend=self.options.backend,
             llm_endpoint=endpoint,
             limits=limits,
@@ -261,8 +291,12 @@ class EnvSession:
             self._sandbox = open_sandbox(spec, progress=self._say)
         except SandboxLayerError as exc:
             raise RunnerSandboxError(str(exc)) from exc
-        self.run_dir.write_json("sandbox.json", {**self._sandbox.describe(), "stages": {}})
+        cache = self._cache.describe()
+        self.run_dir.write_json(
+            "sandbox.json", {**self._sandbox.describe(), "bootstrap_cache": cache, "stages": {}}
+        )
         self.run_dir.event("sandbox_opened", **self._sandbox.describe())
+        self.run_dir.event("bootstrap_cache", **cache, inputs=self._cache.inputs)
         return self._sandbox
 
     def _record_stage_network(self, stage: str, network: str) -> None:
@@ -331,6 +365,7 @@ class EnvSession:
             mode=mode,
             bootstrap_env=self._bootstrap_env or {},
             llm_env=llm_env,
+            seed=self.options.seed,
         )
         env.update(helper_env(self._runner_root))
         env.update(self.options.extra_env)
@@ -446,6 +481,7 @@ class EnvSession:
             mode=mode,
             bootstrap_env=applied,
             llm_env={},
+            seed=self.options.seed,
         )
         env.update(helper_env(self._runner_root))
         env.update(self.options.extra_env)
@@ -463,12 +499,19 @@ class EnvSession:
             ),
         )
         result: StageResult | None = None
-        if plan.cmds:
+        if plan.cmds and not self._restore_bootstrap(sb):
             self._record_stage_network("bootstrap", plan.network.value)
             self._say(f"bootstrap ({len(plan.cmds)} command(s), network={plan.network.value})")
+            cache = self._cache
+            saving = cache is not None and cache.mode == "on" and bool(cache.key) and not cache.hit
+            if saving:
+                mark_bootstrap_start(sb)
+            started = time.monotonic()
             result = self._exec_stage(
                 sb, plan, _Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"])
             )
+            if saving and result.ok and cache is not None:
+                self._save_bootstrap(sb, cache, time.monotonic() - started)
         if (result is None or result.ok) and self.actions_spec and self.actions_spec.actions:
             self._say(f"actions ({len(self.actions_spec.actions)})")
             self._record_stage_network("actions", plan.network.value)
@@ -485,6 +528,30 @@ class EnvSession:
             self._bootstrap_env = applied
             self._transition(State.BOOTSTRAPPED)
         return result
+
+    def _restore_bootstrap(self, sb: Sandbox) -> bool:
+        """On a cache hit the sandbox runs the snapshot: bootstrap's effects are there."""
+        cache = self._cache
+        if cache is None or not cache.hit:
+            return False
+        self._say(f"bootstrap: cache hit {cache.key[:12]} ({cache.hit_image}), skipped")
+        self.run_dir.event("bootstrap_skipped", key=cache.key, image=cache.hit_image)
+        return True
+
+    def _save_bootstrap(self, sb: Sandbox, cache: CachePlan, seconds: float) -> None:
+        self._say(f"bootstrap: saving snapshot {cache.key[:12]}")
+        record = save_snapshot(
+            cache,
+            sb,
+            bootstrap_seconds=seconds,
+            exclude=(".aider_fsm/artifacts", *FIXED_OUTPUTS),
+            labels={"fsm-runner.bootstrap-repo": str(self.repo.path)},
+        )
+        self.run_dir.event("bootstrap_cache_saved", key=cache.key, **record)
+        path = self.run_dir.path / "sandbox.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data["bootstrap_cache"] = {**cache.describe(), **record}
+        self.run_dir.write_json("sandbox.json", data)
 
     def _teardown(self, p: _Pass, *, success: bool) -> None:
         deploy = self.pipeline.deploy

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from runner.artifacts import RunDir
+from runner.bootstrap_cache import CacheMode
 from runner.contract import load_actions, load_bootstrap, load_pipeline
 from runner.dotenv import load_env_file
 from runner.errors import ContractError
@@ -48,6 +49,8 @@ def setup(
     limits: Limits | None = None,
     offline: bool = False,
     env_file: str | Path | None = None,
+    cache: CacheMode = "on",
+    seed: int | None = None,
     progress: Callable[[str], None] | None = None,
     **opencode: Any,
 ) -> EnvSession:
@@ -69,6 +72,10 @@ def setup(
         offline: never fetch remote targets; use what ``clones_dir`` holds.
         env_file: a ``.env`` file (KEY=VALUE) whose pairs reach every stage, masked in
             every file written; never read from the target repo implicitly.
+        cache: the bootstrap image cache: ``on`` (start from a snapshot of an earlier
+            identical bootstrap, save one after a slow bootstrap), ``read`` or ``off``.
+        seed: ``AIDER_FSM_SEED`` for every stage (default: derived from the run id);
+            replay passes the recorded one.
         progress: called with one line per step (the CLI shows these).
         **opencode: the predecessor's ``opencode_*`` / ``strict_opencode`` / ``*_bash`` options,
             accepted for compatibility and recorded; the agent arrives with scaffold/repair.
@@ -83,6 +90,7 @@ def setup(
     unattended = _choice("unattended", unattended, get_args(Unattended))  # type: ignore[assignment]
     sandbox = _choice("sandbox", sandbox, get_args(Backend))  # type: ignore[assignment]
     workspace = _choice("workspace", workspace, get_args(WorkspaceMode))  # type: ignore[assignment]
+    cache = _choice("cache", cache, get_args(CacheMode))  # type: ignore[assignment]
     if network is not None:
         _choice("network", network, ("none", "llm", "egress"))
     unknown = [k for k in opencode if not (k.startswith("opencode_") or k in _AGENT_KEYS)]
@@ -137,6 +145,8 @@ def setup(
         extra_env=load_env_file(Path(env_file).expanduser()) if env_file else {},
         repair_model=str(opencode.get("opencode_repair_model") or model) or None,
         pipeline_rel=pipeline_rel,
+        cache=cache,
+        seed=seed,
     )
     if opencode:
         run_dir.event("agent_options_recorded", keys=sorted(opencode))

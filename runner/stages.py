@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from runner.artifacts import CommandRecord, RunDir
+from runner.artifacts import CommandRecord, RunDir, mask_env
 from runner.contract import StageSpec
 from runner.errors import PolicyViolation
 from runner.policy import CommandPolicy
@@ -152,7 +152,16 @@ def run_stage(
     results: list[CmdResult] = []
     failed_index: int | None = None
     run_dir.event(
-        "stage_start", stage=plan.name, network=plan.network.value, commands=len(plan.cmds)
+        "stage_start",
+        stage=plan.name,
+        network=plan.network.value,
+        commands=len(plan.cmds),
+        # What every command of the stage ran with (the manifest's per-command record).
+        cwd=plan.cwd,
+        timeout_s=plan.cmd_timeout,
+        total_budget_s=plan.total_budget,
+        retries=plan.retries,
+        env=mask_env(plan.env),
     )
     for index, cmd in enumerate(plan.cmds):
         ok = False

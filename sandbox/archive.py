@@ -108,6 +108,25 @@ def copy_tree(src: Path, dest: Path, exclude: Iterable[str] = ()) -> None:
                 shutil.copy2(full, target_root / name, follow_symlinks=False)
 
 
+def selected_files(src: Path, exclude: Iterable[str] = ()) -> Iterator[str]:
+    """Relative paths, in a stable order, of the files and links ``pack_dir`` would copy.
+
+    The workspace a sandbox starts from is exactly these (the run manifest hashes them).
+    """
+    exclude = tuple(exclude)
+    for root, dirs, files in os.walk(src):
+        rel_root = os.path.relpath(root, src)
+        rel_root = "" if rel_root == "." else rel_root
+        dirs[:] = sorted(
+            d for d in dirs if not _excluded(posixpath.join(rel_root, d).lstrip("/"), exclude)
+        )
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = posixpath.join(rel_root, name) if rel_root else name
+            full = os.path.join(root, name)
+            if not _excluded(rel, exclude) and (os.path.islink(full) or os.path.isfile(full)):
+                yield rel
+
+
 def pack_path(src: Path, arcname: str, *, keep_special: bool = False) -> IO[bytes]:
     """Tar a single file or a folder under ``arcname``."""
     if src.is_dir() and not src.is_symlink():

@@ -69,6 +69,10 @@ class SandboxSpec:
     workspace: str = "/workspace"
     workspace_mode: Literal["copy", "bind"] = "copy"
     """``copy``: host files are never written by container code. ``bind``: fast, trusted repos only."""
+    workspace_in_image: bool = False
+    """The image already holds files at ``workspace`` (a bootstrap snapshot): the copy then
+    lands on top of them in the container's own filesystem instead of in a fresh volume,
+    so they are visible without copying them (docker backend, ``copy`` mode)."""
     image: str | None = None
     """Image to run; None = the default image (built offline on demand)."""
     backend: Literal["docker", "local"] = "docker"

@@ -85,12 +85,17 @@ class DockerSandbox:
             # plain host copy into its mountpoint (under the engine's root-only data dir)
             # before start. Otherwise (not root, remote engine) the tar is packed while the
             # engine creates the container and copied in through the archive API.
-            via_volume = copy_src is not None and _can_fill_volumes()
+            in_volume = copy_src is not None and not spec.workspace_in_image
+            via_volume = in_volume and _can_fill_volumes()
             packer = None
             if copy_src is not None and not via_volume:
                 name = PurePosixPath(self.workspace).name
                 packer = _Background(lambda: pack_dir(copy_src, name, self.spec.exclude))
-            self._container = self._create(labels, workspace_volume=via_volume)
+            # A copied workspace is a volume (filled either way): it is then never part of
+            # the container's root filesystem, so a snapshot (``docker commit``) never
+            # bakes one run's checkout into an image. Over a snapshot's own workspace
+            # files it is the container's filesystem, so those need no copy.
+            self._container = self._create(labels, workspace_volume=in_volume)
             _open_sandboxes.add(self)
             if via_volume and copy_src is not None:
                 # The volume is mounted at start, so the host copy can overlap the start:
@@ -145,18 +150,19 @@ class DockerSandbox:
 
     def _create(self, labels: dict[str, str], *, workspace_volume: bool = False) -> Any:
         spec, lim = self.spec, self.spec.limits
-        volumes: dict[str, dict[str, str]] = {}
+        # Mounts, never ``volumes=``: the latter also declares each path a VOLUME in the
+        # container's config, which a snapshot (docker commit) would then carry along.
+        mounts: list[Mount] = []
         if os.path.isfile(HOST_CA_BUNDLE):
             # Mounted over the image's own bundle: pip, git, curl and urllib then all trust
             # the host's (TLS-intercepting) proxy CA without per-tool settings.
-            volumes[HOST_CA_BUNDLE] = {"bind": HOST_CA_BUNDLE, "mode": "ro"}
+            mounts.append(Mount(HOST_CA_BUNDLE, HOST_CA_BUNDLE, type="bind", read_only=True))
         for host, inside in spec.readonly_mounts.items():
-            volumes[str(Path(host).resolve())] = {"bind": inside, "mode": "ro"}
+            mounts.append(Mount(inside, str(Path(host).resolve()), type="bind", read_only=True))
         if spec.workspace_src is not None and spec.workspace_mode == "bind":
-            volumes[str(spec.workspace_src.resolve())] = {"bind": spec.workspace, "mode": "rw"}
-        mounts = (
-            [Mount(target=spec.workspace, source="", type="volume")] if workspace_volume else []
-        )
+            mounts.append(Mount(spec.workspace, str(spec.workspace_src.resolve()), type="bind"))
+        if workspace_volume:
+            mounts.append(Mount(target=spec.workspace, source="", type="volume"))
         with engine_errors("create container"):
             return self._client.containers.create(
                 self.image,
@@ -178,7 +184,6 @@ class DockerSandbox:
                 security_opt=["no-new-privileges"],
                 tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={lim.tmp_size}"},
                 shm_size=lim.shm_size,
-                volumes=volumes,
                 mounts=mounts,
                 stop_signal="SIGKILL",
             )

@@ -47,7 +47,10 @@ PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 MAX_NOT_RUN = 12
 PLACEHOLDERS = {"/path/to/repo": "examples/tiny"}
 SAFE_COMMANDS = {"cat", "cd", "cp", "echo", "grep", "head", "ls", "mkdir", "printf", "python3"}
-SAFE_FSM = {"run", "validate", "schema", "init", "runs", "show", "images list", "images build"}
+SAFE_FSM = {
+    *("run", "validate", "schema", "init", "runs", "show", "images list", "images build"),
+    *("verify", "replay", "manifest-schema"),
+}
 _NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(\S.*?)\s*-->$")
 
 

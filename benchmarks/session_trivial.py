@@ -1,6 +1,6 @@
 """A full trivial session in the sandbox vs the same contract's scripts run on the host.
 
-Run: ``python -m benchmarks.session_overhead`` (part of ``make bench``); ``--quick`` for
+Run: ``python -m benchmarks.session_trivial`` (part of ``make bench``); ``--quick`` for
 n=3. Ours: ``runner_env.setup(tiny) -> rollout(require_samples=True) -> evaluate()``
 with the Docker backend (container open, bootstrap, deploy, rollout, evaluation,
 teardown, output checks, run dir). Baseline: what the predecessor did without any
@@ -31,7 +31,7 @@ from benchmarks.common import (
 )
 from runner.contract import load_bootstrap
 
-NAME = "session_overhead"
+NAME = "session_trivial"
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tiny"
 STAGES = ("deploy_setup", "deploy_health", "rollout", "evaluation", "deploy_teardown")
@@ -77,7 +77,7 @@ def host(base: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.session_overhead")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.session_trivial")
     parser.add_argument("--quick", action="store_true", help="n=3")
     parser.add_argument("-n", "--runs", type=int, default=None)
     args = parser.parse_args(argv)

@@ -1,0 +1,306 @@
+"""The bootstrap image cache: skip ``bootstrap.yml`` when nothing that decides it changed.
+
+After a successful bootstrap, the sandbox is committed as ``fsm-runner/bootstrap:<key>``
+(``sandbox/snapshots.py``). The key hashes everything that decides what bootstrap
+produces: the base image id, ``bootstrap.yml``, every repo file a bootstrap command
+names, the files that commonly pin dependencies (``requirements*.txt``,
+``pyproject.toml``, lock files, at the repo root and in bootstrap's ``workdir``), the
+env-file pairs, and ``CACHE_VERSION`` (bumped whenever the runner's bootstrap changes).
+A later session with the same key starts from that image and skips bootstrap.
+
+What bootstrap wrote into the workspace (a venv, downloaded data) is not in a plain
+commit (the workspace is a volume), so the files whose change time is after bootstrap
+started are baked into the snapshot at the workspace path; a hit opens the sandbox with
+``workspace_in_image`` and copies the fresh repo on top: no file of the snapshot is
+copied at start. Files bootstrap *deleted* are not replayed, and source
+that bootstrap installs non-editably (``pip install .``) is not part of the key: name
+those files in a bootstrap command, or use ``cache="off"``.
+
+Modes (``setup(cache=...)``, ``fsm-runner run --cache``): ``on`` reads and writes,
+``read`` only starts from existing snapshots, ``off`` neither. A bootstrap shorter than
+``FSM_RUNNER_BOOTSTRAP_CACHE_MIN_SECONDS`` (default 2 s) is not committed: the commit
+would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runner.contract import BootstrapSpec
+from sandbox import Sandbox, SandboxError
+from sandbox.images import ensure_image
+from sandbox.snapshots import commit_snapshot, find_snapshot, image_id, snapshot_lock
+
+__all__ = [
+    "CACHE_VERSION",
+    "CacheMode",
+    "CachePlan",
+    "cache_key",
+    "changed_paths",
+    "commit_min_seconds",
+    "mark_bootstrap_start",
+    "plan_cache",
+    "save_snapshot",
+]
+
+CacheMode = Literal["off", "read", "on"]
+CACHE_VERSION = "1"
+_MARKER_DIR = "/var/cache/fsm-runner"
+_MARKER = f"{_MARKER_DIR}/bootstrap-started"
+_MAX_LISTING_BYTES = 64 * 1024 * 1024
+PIN_PATTERNS = (
+    "requirements*.txt",
+    "constraints*.txt",
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "Pipfile",
+    "Pipfile.lock",
+    "poetry.lock",
+    "uv.lock",
+    "pdm.lock",
+    "environment.yml",
+    "package.json",
+    "package-lock.json",
+    "yarn.lock",
+    "pnpm-lock.yaml",
+    "Cargo.lock",
+    "go.sum",
+    "Gemfile.lock",
+)
+"""Files that commonly pin what bootstrap installs (root and bootstrap's workdir)."""
+_MAX_HASHED_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class CachePlan:
+    """This session's cache decision, recorded in ``sandbox.json`` and ``events.jsonl``."""
+
+    mode: CacheMode
+    key: str = ""
+    base_image: str = ""
+    base_image_id: str = ""
+    hit_image: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    """name -> sha256 of every hashed input, so a miss can be explained."""
+    reason: str = ""
+    saved_image_id: str | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.hit_image is not None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "key": self.key,
+            "hit": self.hit,
+            "image": self.hit_image,
+            "base_image": self.base_image,
+            "base_image_id": self.base_image_id,
+            "saved_image_id": self.saved_image_id,
+            "reason": self.reason,
+        }
+
+
+def commit_min_seconds() -> float:
+    raw = os.environ.get("FSM_RUNNER_BOOTSTRAP_CACHE_MIN_SECONDS", "")
+    try:
+        return max(0.0, float(raw)) if raw else 2.0
+    except ValueError:
+        return 2.0
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        remaining = _MAX_HASHED_BYTES
+        while remaining > 0 and (chunk := fh.read(min(1 << 20, remaining))):
+            digest.update(chunk)
+            remaining -= len(chunk)
+    # Beyond the cap, size and mtime stand in: a multi-GB data file is not re-read per run.
+    if remaining <= 0:
+        st = path.stat()
+        digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _named_files(root: Path, workdir: Path, cmds: Sequence[str]) -> set[Path]:
+    """Repo files a command names (``-r reqs/dev.txt``, ``--requirement=x``, ``bash s.sh``)."""
+    named: set[Path] = set()
+    for cmd in cmds:
+        try:
+            words = shlex.split(cmd, comments=True)
+        except ValueError:
+            words = cmd.split()
+        for word in words:
+            for candidate in (word, word.partition("=")[2]):
+                if not candidate or candidate.startswith("-") or "\0" in candidate:
+                    continue
+                for base in (workdir, root):
+                    path = base / candidate
+                    if path.is_file() and _inside(root, path):
+                        named.add(path.resolve())
+    return named
+
+
+def cache_key(
+    repo_root: Path,
+    spec: BootstrapSpec,
+    *,
+    bootstrap_text: bytes,
+    base_image_id: str,
+    extra_env: Mapping[str, str],
+) -> tuple[str, dict[str, str]]:
+    """The snapshot key and the per-input hashes it was made of."""
+    root = repo_root.resolve()
+    workdir = root / spec.workdir if spec.workdir else root
+    files = set(_named_files(root, workdir, spec.cmds))
+    for base in {root, workdir.resolve()}:
+        for pattern in PIN_PATTERNS:
+            files.update(p.resolve() for p in base.glob(pattern) if p.is_file())
+    inputs = {
+        "runner:cache_version": CACHE_VERSION,
+        "image:base": base_image_id,
+        ".aider_fsm/bootstrap.yml": hashlib.sha256(bootstrap_text).hexdigest(),
+        "env_file": hashlib.sha256(
+            "\0".join(f"{k}={v}" for k, v in sorted(extra_env.items())).encode()
+        ).hexdigest(),
+    }
+    for path in sorted(files):
+        if _inside(root, path):
+            inputs[path.relative_to(root).as_posix()] = _sha256_file(path)
+    blob = "\n".join(f"{name}\0{value}" for name, value in sorted(inputs.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24], inputs
+
+
+def mark_bootstrap_start(sb: Sandbox) -> None:
+    """Stamp the time bootstrap starts; files changed after it form the workspace delta.
+
+    The short sleep puts bootstrap's first write strictly after the stamp even with a
+    coarse (jiffy) file-time clock.
+    """
+    res = sb.exec(f"mkdir -p {shlex.quote(_MARKER_DIR)} && touch {_MARKER} && sleep 0.02")
+    if not res.ok:
+        raise OSError(f"could not stamp bootstrap start: {res.stderr.strip()[:200]}")
+
+
+def changed_paths(sb: Sandbox, exclude: Sequence[str]) -> list[str]:
+    """Workspace paths (relative) that bootstrap created or changed.
+
+    ``-cnewer`` compares change times, which no command can set back (``touch -d``,
+    ``tar -x`` and ``pip`` can all set modification times in the past).
+    """
+    prunes = " -o ".join(f"-path ./{shlex.quote(p)}" for p in exclude)
+    script = (
+        f"cd {shlex.quote(sb.workspace)} && "
+        f"find . -mindepth 1 \\( {prunes} \\) -prune -o -cnewer {_MARKER} -print0 && "
+        f"rm -f {_MARKER}"
+    )
+    res = sb.exec(script, timeout=600, output_limit=_MAX_LISTING_BYTES)
+    if not res.ok or res.truncated:
+        raise OSError(f"could not list what bootstrap changed: {res.stderr.strip()[:300]}")
+    return [p.removeprefix("./") for p in res.stdout.split("\0") if p.startswith("./")]
+
+
+def plan_cache(
+    mode: CacheMode,
+    *,
+    repo_root: Path,
+    spec: BootstrapSpec | None,
+    backend: str,
+    workspace_mode: str,
+    image: str | None,
+    extra_env: Mapping[str, str],
+    progress: Callable[[str], None] | None = None,
+) -> CachePlan:
+    """Decide, before the sandbox opens, whether it starts from a snapshot.
+
+    Raises:
+        SandboxError: the engine failed while resolving the base image or the snapshot.
+    """
+    plan = CachePlan(mode=mode)
+    if mode == "off":
+        plan.reason = "cache off"
+    elif backend != "docker":
+        plan.reason = f"the {backend} backend has no images to snapshot"
+    elif workspace_mode != "copy":
+        plan.reason = "bind-mounted workspace: bootstrap writes the host checkout directly"
+    elif spec is None or not spec.cmds:
+        plan.reason = "no bootstrap commands"
+    if plan.reason:
+        return plan
+    assert spec is not None
+    plan.base_image = ensure_image(image, progress=progress)
+    plan.base_image_id = image_id(plan.base_image)
+    bootstrap_path = repo_root / ".aider_fsm" / "bootstrap.yml"
+    plan.key, plan.inputs = cache_key(
+        repo_root,
+        spec,
+        bootstrap_text=bootstrap_path.read_bytes() if bootstrap_path.is_file() else b"",
+        base_image_id=plan.base_image_id,
+        extra_env=extra_env,
+    )
+    plan.hit_image = find_snapshot(plan.key)
+    if not plan.hit and mode == "read":
+        plan.reason = "miss; cache=read never writes"
+    return plan
+
+
+def save_snapshot(
+    plan: CachePlan,
+    sb: Sandbox,
+    *,
+    bootstrap_seconds: float,
+    exclude: Sequence[str],
+    labels: Mapping[str, str],
+) -> dict[str, Any]:
+    """After a successful bootstrap on a miss: pack the workspace delta and commit.
+
+    Returns what to record (``saved`` or ``skipped`` with a reason). Never raises for a
+    cache problem: a failed commit costs the next session time, not this one its run.
+    """
+    if plan.mode != "on" or plan.hit or not plan.key:
+        return {"saved": False, "reason": plan.reason or "nothing to save"}
+    floor = commit_min_seconds()
+    if bootstrap_seconds < floor:
+        plan.reason = f"bootstrap took {bootstrap_seconds:.2f} s < {floor:g} s: not worth a commit"
+        return {"saved": False, "reason": plan.reason}
+    start = time.monotonic()
+    try:
+        with snapshot_lock(plan.key):
+            if find_snapshot(plan.key):
+                plan.reason = "another session saved this key first"
+                return {"saved": False, "reason": plan.reason}
+            paths = changed_paths(sb, exclude)
+            plan.saved_image_id = commit_snapshot(
+                sb,
+                plan.key,
+                base_image_id=plan.base_image_id,
+                labels=dict(labels),
+                workspace_paths=paths,
+            )
+    except (OSError, SandboxError) as exc:
+        plan.reason = f"snapshot failed: {exc}"
+        return {"saved": False, "reason": plan.reason}
+    return {
+        "saved": True,
+        "image_id": plan.saved_image_id,
+        "workspace_paths": len(paths),
+        "commit_s": round(time.monotonic() - start, 3),
+    }
