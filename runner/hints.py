@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from runner import shell_words
 from runner.hint_sources import (
     ASSIGNMENT,
     Hint,
@@ -262,11 +263,24 @@ def read_hints_exec(path: Path, *, limit: int = 4_000_000) -> list[str]:
     return out
 
 
-def _contains(haystack: str, needle: str) -> bool:
-    """``needle`` occurs in ``haystack`` as whole words (quotes and spaces are boundaries)."""
-    squeeze = " ".join
-    pattern = rf"(?<![\w./-]){re.escape(squeeze(needle.split()))}(?![\w./-])"
-    return re.search(pattern, squeeze(haystack.split())) is not None
+_INERT = frozenset({"echo", "printf", ":", "true", "false", "test", "[", "[["})
+"""Commands that only print or test their words: a claim in their arguments never ran."""
+
+
+def _invocations(text: str) -> list[tuple[str, ...]]:
+    """The commands ``text`` runs, as words (the command's basename first), read the way
+    bash reads them: a claim that only sits in an ``echo``, a ``:`` or a comment is out."""
+    return [
+        (inv.name, *inv.args)
+        for inv in shell_words.parse(text).invocations()
+        if inv.name not in _INERT
+    ]
+
+
+def _ran(claim: str, ran: Sequence[tuple[str, ...]]) -> bool:
+    """Every command of ``claim`` was seen run, with at least the claimed arguments first."""
+    wanted = _invocations(claim)
+    return bool(wanted) and all(any(r[: len(w)] == w for r in ran) for w in wanted)
 
 
 def check_hints_evidence(
@@ -283,19 +297,22 @@ def check_hints_evidence(
     if hints_used.get("ok") is not True:
         return []
     errors: list[str] = []
-    helper_ran = any(re.search(r"generic_evaluation|hints_exec", e) for e in executed)
+    seen = [words for text in executed for words in _invocations(text)]
+    helper_ran = any(
+        re.search(r"generic_evaluation|hints_exec", word) for words in seen for word in words
+    )
     if helper_log and not helper_ran:
         errors.append(
             "hints_evidence.helper_log_without_helper: hints_exec.jsonl exists but "
             "the runner's records show no generic_evaluation invocation"
         )
-    ran = [*executed, *(helper_log if helper_ran else ())]
+    ran = [*seen, *(w for t in (helper_log if helper_ran else ()) for w in _invocations(t))]
     chosen = hints_used.get("chosen_command")
     claims = [chosen] if isinstance(chosen, str) else []
     commands = hints_used.get("commands")
     claims += [c for c in commands if isinstance(c, str)] if isinstance(commands, list) else []
     for claim in dict.fromkeys(c.strip() for c in claims if c.strip()):
-        if not any(_contains(e, claim) for e in ran):
+        if not _ran(claim, ran):
             errors.append(f"hints_evidence.command_not_executed: {claim}")
     used = hints_used.get("used_anchors")
     anchors = (
@@ -303,7 +320,7 @@ def check_hints_evidence(
         if isinstance(used, list)
         else []
     )
-    if anchors and not any(a.lower() in e.lower() for a in anchors for e in ran):
+    if anchors and not any(a.lower() in " ".join(r).lower() for a in anchors for r in ran):
         errors.append(
             f"hints_evidence.anchor_not_executed: none of {anchors} appears in an executed command"
         )

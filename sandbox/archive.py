@@ -182,7 +182,24 @@ def check_member_kind(name: str, kind: str, link_target: str = "") -> None:
     check_member(info)
 
 
-def safe_extract(archive: IO[bytes], dest: Path, *, strip_top: bool = False) -> list[str]:
+OMITTED_SUFFIX = ".omitted"
+
+
+def write_omitted_note(out: Path, size: int, cap: int) -> Path:
+    """Stand-in for a file too big to copy out: says what was left behind and why."""
+    note = out.with_name(out.name + OMITTED_SUFFIX)
+    note.parent.mkdir(parents=True, exist_ok=True)
+    note.write_text(f"not copied: {size} bytes, over the {cap}-byte limit for one file\n")
+    return note
+
+
+def safe_extract(
+    archive: IO[bytes],
+    dest: Path,
+    *,
+    strip_top: bool = False,
+    max_file_bytes: int | None = None,
+) -> list[str]:
     """Extract ``archive`` into ``dest`` after checking every member; return names written.
 
     Nothing is written when any member is unsafe. ``strip_top`` drops the first path
@@ -208,13 +225,21 @@ def safe_extract(archive: IO[bytes], dest: Path, *, strip_top: bool = False) -> 
         # Links already checked relative to their original name; re-check after renaming.
         for member in members:
             check_member(member)
+        omitted: list[str] = []
+        if max_file_bytes is not None:
+            big = {m.name for m in members if m.isreg() and m.size > max_file_bytes}
+            for member in members:
+                if member.name in big:
+                    write_omitted_note(dest / member.name, member.size, max_file_bytes)
+                    omitted.append(member.name + OMITTED_SUFFIX)
+            members = [m for m in members if m.name not in big]
         try:
             tar.extractall(str(dest), members=members, filter="data")
         except tarfile.FilterError as exc:  # second net: the stdlib's own refusal
             raise UnsafeArchive(
                 (getattr(exc, "tarinfo", None) and exc.tarinfo.name) or "?", str(exc)
             ) from exc
-        return [m.name for m in members]
+        return [m.name for m in members] + omitted
 
 
 def read_single(archive: IO[bytes], limit: int) -> bytes:

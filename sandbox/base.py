@@ -136,8 +136,13 @@ class Sandbox(Protocol):
 
     def push(self, host_path: Path, sandbox_path: str) -> None: ...
 
-    def pull(self, sandbox_path: str, host_path: Path) -> list[str]:
+    def pull(
+        self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
+    ) -> list[str]:
         """Copy ``sandbox_path`` out into host folder ``host_path``; return the names written.
+
+        A file over ``max_file_bytes`` is not copied: ``<name>.omitted`` says its size
+        instead (a 256 MB sparse "samples" file must not become 256 MB on the host).
 
         Raises:
             UnsafeArchive: a member is absolute, has ``..``, is a device, or a link escaping.

@@ -435,16 +435,22 @@ class DockerSandbox:
                 f"cannot create {path} in sandbox: {res.output.decode(errors='replace')}"
             )
 
-    def pull(self, sandbox_path: str, host_path: Path) -> list[str]:
+    def pull(
+        self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
+    ) -> list[str]:
         self._check_open()
         full = self._resolve_cwd(sandbox_path)
         rel = self._in_volume(full)
         if rel is not None and self._volume_path is not None:
-            return hostfs.copy_beneath(self._volume_path, rel, Path(host_path))
+            return hostfs.copy_beneath(
+                self._volume_path, rel, Path(host_path), max_file_bytes=max_file_bytes
+            )
         archive, stat = self._get_archive(full)
         is_dir = bool(int(stat.get("mode", 0)) & (1 << 31))
         with archive:
-            return safe_extract(archive, Path(host_path), strip_top=is_dir)
+            return safe_extract(
+                archive, Path(host_path), strip_top=is_dir, max_file_bytes=max_file_bytes
+            )
 
 
 class _Background:

@@ -16,7 +16,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from .archive import check_member_kind
+from .archive import OMITTED_SUFFIX, check_member_kind, write_omitted_note
 from .errors import UnsafeArchive
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -89,7 +89,9 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def copy_beneath(root: Path, rel: str, dest: Path) -> list[str]:
+def copy_beneath(
+    root: Path, rel: str, dest: Path, *, max_file_bytes: int | None = None
+) -> list[str]:
     """Copy the folder (or file) ``rel`` under ``root`` into ``dest``; return names written.
 
     Same rules as a safe pull: absolute or escaping links, devices and fifos are refused
@@ -137,8 +139,14 @@ def copy_beneath(root: Path, rel: str, dest: Path) -> list[str]:
                 fd = open_beneath(root, posixpath.join(base, path))
             except FileNotFoundError as exc:
                 raise UnsafeArchive(path, "changed while being copied") from exc
-            with os.fdopen(fd, "rb") as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            with os.fdopen(fd, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                if max_file_bytes is not None and size > max_file_bytes:
+                    write_omitted_note(out, size, max_file_bytes)
+                    written.append(path + OMITTED_SUFFIX)
+                    continue
+                with open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
         written.append(path)
     return written
 

@@ -191,12 +191,17 @@ class LocalSandbox:
         with pack_path(Path(host_path), dest.name) as archive:
             safe_extract(archive, dest.parent)
 
-    def pull(self, sandbox_path: str, host_path: Path) -> list[str]:
+    def pull(
+        self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
+    ) -> list[str]:
         self._check_open()
         src = self._path(sandbox_path)
         if not src.exists() and not src.is_symlink():
             raise FileNotFoundError(str(src))
         with pack_path(src, src.name, keep_special=True) as archive:
             return safe_extract(
-                archive, Path(host_path), strip_top=src.is_dir() and not src.is_symlink()
+                archive,
+                Path(host_path),
+                strip_top=src.is_dir() and not src.is_symlink(),
+                max_file_bytes=max_file_bytes,
             )

@@ -382,3 +382,24 @@ def test_links_out_of_the_repo_are_not_read(tmp_path: Path) -> None:
     (repo / "README.md").symlink_to(outside)
     (repo / "docs" / "ok.md").write_text("```bash\nmake test\n```\n")
     assert [h.command for h in suggest_hints(repo)] == ["make test"]
+
+
+@pytest.mark.parametrize(
+    "executed",
+    ["echo pytest -q", ": pytest -q", "# pytest -q", "printf '%s' 'pytest -q'", "true pytest -q"],
+)
+def test_evidence_refuses_a_claim_that_was_only_mentioned(executed: str) -> None:
+    errors = check_hints_evidence(USED, [executed])
+    assert "hints_evidence.command_not_executed: pytest -q" in errors
+
+
+@pytest.mark.parametrize(
+    "executed",
+    [
+        "cd tests && timeout 600 pytest -q -x",
+        "FOO=1 /usr/local/bin/pytest -q",
+        "bash -c 'pytest -q' || true",
+    ],
+)
+def test_evidence_finds_a_claim_behind_wrappers_and_lists(executed: str) -> None:
+    assert check_hints_evidence(USED, [executed]) == []

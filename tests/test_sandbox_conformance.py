@@ -104,6 +104,20 @@ def test_read_file_push_pull(sb: Sandbox, tmp_path: Path) -> None:
         sb.pull("no/such/dir", tmp_path / "x")
 
 
+def test_pull_leaves_oversized_files_behind_with_a_note(sb: Sandbox, tmp_path: Path) -> None:
+    sb.exec("mkdir -p big && echo small > big/s.txt && truncate -s 10M big/sparse.bin")
+    names = sb.pull("big", tmp_path / "big", max_file_bytes=1024 * 1024)
+    assert (tmp_path / "big" / "s.txt").read_text() == "small\n"
+    assert not (tmp_path / "big" / "sparse.bin").exists()
+    note = (tmp_path / "big" / "sparse.bin.omitted").read_text()
+    assert "10485760 bytes" in note
+    assert sorted(names) == ["s.txt", "sparse.bin.omitted"]
+    # A single file pulled on its own obeys the cap too.
+    assert sb.pull("big/sparse.bin", tmp_path / "one", max_file_bytes=1024) == [
+        "sparse.bin.omitted"
+    ]
+
+
 def test_read_file_never_follows_links(sb: Sandbox) -> None:
     sb.exec("ln -s /etc/passwd passwd_link")
     with pytest.raises(FileNotFoundError):
