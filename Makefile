@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.session_trivial
 	$(BIN)/python -m benchmarks.bootstrap_cache
 	$(BIN)/python -m benchmarks.batch
+	$(BIN)/python -m benchmarks.samples_validation
 
 gc: venv
 	$(BIN)/fsm-runner gc

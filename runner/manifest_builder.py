@@ -33,10 +33,10 @@ from runner.manifest import (
     run_dir_files,
     sha256_file,
 )
-from runner.outputs_io import FIXED_OUTPUTS, to_sandbox_rel
+from runner.outputs_io import FIXED_OUTPUTS, max_copy_bytes, to_sandbox_rel
 from runner.report import command_row, read_events
 from runner.stage_env import DETERMINISM_DEFAULTS, SEED_VAR, derive_seed
-from sandbox import SandboxSpec
+from sandbox import OMITTED_SUFFIX, SandboxSpec
 from sandbox.archive import selected_files
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ log = logging.getLogger("fsm_runner")
 
 ROLLOUT_REL = ".aider_fsm/rollout.json"
 DEFAULT_METRICS_REL = ".aider_fsm/metrics.json"
-MAX_SAMPLES_COPY = 64 * 1024 * 1024
 """A samples file the session did not bring back is copied at close only up to this size."""
 _HASH_FIELDS = frozenset({"sha256", "stdout_sha256", "stderr_sha256", "workspace_sha256"})
 
@@ -64,7 +63,7 @@ def workspace_digest(repo: Path, exclude: tuple[str, ...]) -> tuple[str, int]:
 
 
 WORKSPACE_EXCLUDE = (*SandboxSpec.exclude, *FIXED_OUTPUTS)
-"""What the session leaves out of the workspace copy (runner/session.py ``_open_sandbox``)."""
+"""What the session leaves out of the workspace copy (runner/session_sandbox.py ``open_session_sandbox``)."""
 
 
 # -- samples: the one output the run dir may not hold yet -------------------------------
@@ -100,7 +99,7 @@ def collect_samples(run_dir: RunDir, sandbox: Sandbox | None) -> None:
     """Copy the last rollout's samples file into its pass's ``outputs/`` before the sandbox goes.
 
     ``require_samples=True`` already brought it back; otherwise this does (up to
-    :data:`MAX_SAMPLES_COPY`), so the manifest can hash it and replay can compare
+    :func:`~runner.outputs_io.max_copy_bytes`), so the manifest can hash it and replay can compare
     samples. Never raises.
     """
     if sandbox is None:
@@ -112,12 +111,18 @@ def collect_samples(run_dir: RunDir, sandbox: Sandbox | None) -> None:
         if rollout is None or rel is None:
             return
         dest = f"{rollout.split('/outputs/', 1)[0]}/outputs/{rel}"
-        if (run_dir.path / dest).exists() or (run_dir.path / dest).is_symlink():
+        there = run_dir.path / dest
+        if (
+            there.exists()
+            or there.is_symlink()
+            or there.with_name(there.name + OMITTED_SUFFIX).exists()
+        ):
             return
         # Bounded: a contract cannot make close() copy gigabytes (links are not followed).
-        data = sandbox.read_file(rel, limit=MAX_SAMPLES_COPY + 1)
-        if len(data) > MAX_SAMPLES_COPY:
-            log.info("samples file %s is over %d bytes: not copied", rel, MAX_SAMPLES_COPY)
+        cap = max_copy_bytes()
+        data = sandbox.read_file(rel, limit=cap + 1)
+        if len(data) > cap:
+            log.info("samples file %s is over %d bytes: not copied", rel, cap)
             return
         run_dir.write_bytes(dest, data)  # redacted, like every file there
     except Exception as exc:

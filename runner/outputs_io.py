@@ -14,7 +14,7 @@ import secrets
 import shlex
 from pathlib import Path, PurePosixPath
 
-from runner.errors import ContractError
+from runner.errors import ContractError, RunnerError
 from sandbox import Sandbox
 
 AIDER_DIR = ".aider_fsm"
@@ -39,6 +39,33 @@ FIXED_OUTPUTS = tuple(
     )
 )
 """The predecessor's fixed-path outputs: never copied into a sandbox from the host."""
+
+
+#: The largest single file copied from a sandbox into the run dir (stage files, samples).
+DEFAULT_MAX_COPY_BYTES = 64 * 1024 * 1024
+MAX_COPY_ENV = "FSM_RUNNER_MAX_COPY_BYTES"
+
+
+def max_copy_bytes() -> int:
+    """The per-file cap on copies into the run dir: ``FSM_RUNNER_MAX_COPY_BYTES`` or 64 MiB.
+
+    A bigger file stays in the sandbox and ``<name>.omitted`` says so, so one sparse
+    file from a stage cannot fill the host disk (a samples file that big is validated
+    by streaming it from the sandbox instead).
+
+    Raises:
+        RunnerError: the variable is set but is not a positive whole number of bytes.
+    """
+    raw = os.environ.get(MAX_COPY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_COPY_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise RunnerError(f"{MAX_COPY_ENV}={raw!r}: expected a positive number of bytes")
+    return value
 
 
 def housekeeping(artifacts_dir: str, stale_outputs: tuple[str, ...]) -> str:

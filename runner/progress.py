@@ -35,7 +35,8 @@ _ORDER = (
     "evaluation", "benchmark", "deploy_teardown",
 )  # fmt: skip
 """The order a session runs stages in (STAGE_NAMES lists deploy_teardown with deploy)."""
-# The progress lines that open a stage (runner/session.py) and a command (runner/stages.py).
+# The progress lines that open a stage (runner/session_stages.py, bootstrap_phase.py) and a
+# command (runner/stages.py).
 _STAGE_LINE = re.compile(r"^(?:stage )?(\w+) \((\d+) command\(s\), network=(\w+)\)$")
 _CMD_LINE = re.compile(r"^(\w+) \[\d+/\d+\] \$ (.*)$", re.DOTALL)
 Style = Literal["live", "plain", "quiet"]

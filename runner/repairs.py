@@ -2,21 +2,33 @@
 
 The agent (``runner/agent``) edits only the contract, in a sandbox of its own; this
 module builds the evidence it gets from the runner's own records of the failed stage,
-and turns agent infrastructure errors into "no repair" outcomes the session records.
+turns agent infrastructure errors into "no repair" outcomes the session records, and
+loads the repaired contract back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from runner.agent import ModelUnreachable, repair_contract
 from runner.artifacts import RunDir
-from runner.errors import AgentError
+from runner.contract import (
+    ActionsSpec,
+    BootstrapSpec,
+    PipelineSpec,
+    load_actions,
+    load_bootstrap,
+    load_pipeline,
+)
+from runner.errors import AgentError, ContractError
 from runner.results import VerificationResult
+from runner.session_options import Progress, SessionOptions
 from runner.stages import StageResult
 
 TAIL_CHARS = 4000
+Contract = tuple[PipelineSpec, BootstrapSpec | None, ActionsSpec | None]
+"""pipeline.yml, .aider_fsm/bootstrap.yml and .aider_fsm/actions.yml, as loaded."""
 
 
 def evidence_of(verify: VerificationResult, reason: str) -> dict[str, str]:
@@ -67,3 +79,56 @@ def try_repair(
     except AgentError as exc:
         return False, f"agent failed: {exc}"
     return out.ok, out.reason
+
+
+def repair_within_budget(
+    repo_root: Path,
+    *,
+    verify: VerificationResult,
+    reason: str,
+    model: str,
+    options: SessionOptions,
+    env: Mapping[str, str],
+    budget: list[int],
+    attempts: Iterator[int],
+    run_dir: RunDir,
+    say: Progress,
+) -> Contract | None:
+    """Repair attempts while ``budget[0]`` lasts: the first repaired contract that loads.
+
+    ``attempts`` numbers the session's repairs across calls (and ``budget`` is the caller's
+    for one ``rollout()``/``evaluate()``): each attempt takes one of both.
+    """
+    while budget[0] > 0:
+        budget[0] -= 1
+        attempt = next(attempts)
+        say(f"repair {attempt}: asking the agent to fix {verify.failed_stage}")
+        ok, why = try_repair(
+            repo_root,
+            verify=verify,
+            reason=reason,
+            model=model,
+            run_dir=run_dir,
+            attempt=attempt,
+            env=env,
+            pipeline_rel=options.pipeline_rel,
+            image=options.image,
+        )
+        run_dir.event("repair_end", attempt=attempt, ok=ok, reason=why)
+        if ok:
+            contract = reload_contract(repo_root, options.pipeline_rel, run_dir)
+            if contract is not None:
+                return contract
+    return None
+
+
+def reload_contract(repo_root: Path, pipeline_rel: str, run_dir: RunDir) -> Contract | None:
+    """The repaired contract, or None (``repair_rejected`` recorded) when it does not load."""
+    try:
+        pipeline = load_pipeline(repo_root / pipeline_rel)
+        bootstrap = load_bootstrap(repo_root / ".aider_fsm" / "bootstrap.yml")
+        actions = load_actions(repo_root / ".aider_fsm" / "actions.yml")
+    except ContractError as exc:
+        run_dir.event("repair_rejected", reason=str(exc))
+        return None
+    return pipeline, bootstrap, actions

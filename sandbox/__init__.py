@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .archive import OMITTED_SUFFIX
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, Limits, NetworkPolicy, Sandbox, SandboxSpec
 from .errors import EngineUnavailable, ImageBuildError, SandboxClosed, SandboxError, UnsafeArchive
 
@@ -46,6 +47,7 @@ def open_sandbox(spec: SandboxSpec, *, progress: Callable[[str], None] | None = 
 __all__ = [
     "BACKENDS",
     "DEFAULT_OUTPUT_LIMIT",
+    "OMITTED_SUFFIX",
     "EngineUnavailable",
     "ExecResult",
     "ImageBuildError",

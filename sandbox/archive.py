@@ -10,6 +10,7 @@ points outside the destination.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -240,6 +241,58 @@ def safe_extract(
                 (getattr(exc, "tarinfo", None) and exc.tarinfo.name) or "?", str(exc)
             ) from exc
         return [m.name for m in members] + omitted
+
+
+class ChunkStream(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (docker's get_archive stream).
+
+    Lets ``tarfile`` read the engine's archive as it arrives instead of spooling it
+    whole: a reader that stops early (a 256 MB sparse file refused after 32 MB) stops
+    the transfer too. Closing it closes the iterator, which drops the HTTP response.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()
+
+
+@contextlib.contextmanager
+def open_single(chunks: Iterator[bytes]) -> Iterator[IO[bytes]]:
+    """The single regular file of a streamed archive, as a file read while it arrives.
+
+    Raises:
+        FileNotFoundError: the archive holds no regular file (a dir, or a link we refuse
+            to follow).
+    """
+    with ChunkStream(chunks) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        for member in tar:
+            if member.isreg():
+                fh = tar.extractfile(member)
+                assert fh is not None
+                yield fh
+                return
+            break
+        raise FileNotFoundError("not a regular file (links are never followed)")
 
 
 def read_single(archive: IO[bytes], limit: int) -> bytes:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 DEFAULT_OUTPUT_LIMIT = 1_000_000
 """Bytes of stdout (and of stderr) kept in memory per exec; the rest is counted, not kept."""
@@ -128,6 +129,16 @@ class Sandbox(Protocol):
 
     def read_file(self, path: str, limit: int = DEFAULT_OUTPUT_LIMIT) -> bytes:
         """Return at most ``limit`` bytes of ``path`` (relative to the workspace or absolute).
+
+        Raises:
+            FileNotFoundError: the file does not exist (or is not a regular file).
+        """
+        ...
+
+    def open_file(self, path: str) -> AbstractContextManager[IO[bytes]]:
+        """Open ``path`` for reading, streamed: for files too big to copy out or read whole.
+
+        Links are never followed. Use as ``with sb.open_file(p) as fh: ...``.
 
         Raises:
             FileNotFoundError: the file does not exist (or is not a regular file).

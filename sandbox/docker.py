@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -27,7 +27,16 @@ import docker.errors
 from docker.types import Mount, Ulimit
 
 from . import hostfs, procs
-from .archive import copy_tree, pack_dir, pack_path, read_single, safe_extract, spool_chunks
+from .archive import (
+    copy_tree,
+    open_single,
+    pack_dir,
+    pack_path,
+    read_single,
+    safe_extract,
+    spool_chunks,
+    write_omitted_note,
+)
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
@@ -404,8 +413,30 @@ class DockerSandbox:
         with archive:
             return read_single(archive, limit)
 
+    @contextlib.contextmanager
+    def open_file(self, path: str) -> Iterator[IO[bytes]]:
+        self._check_open()
+        full = self._resolve_cwd(path)
+        rel = self._in_volume(full)
+        if rel is not None and self._volume_path is not None:
+            with os.fdopen(hostfs.open_beneath(self._volume_path, rel), "rb") as fh:
+                yield fh
+            return
+        chunks, _ = self._stream_archive(full)
+        with open_single(chunks) as fh:
+            yield fh
+
     def _get_archive(self, full: str) -> tuple[IO[bytes], dict[str, Any]]:
         """The engine's tar of ``full`` (links never followed), spooled; and its stat.
+
+        Raises:
+            FileNotFoundError: ``full`` does not exist in the container.
+        """
+        chunks, stat = self._stream_archive(full)
+        return spool_chunks(chunks), stat
+
+    def _stream_archive(self, full: str) -> tuple[Iterator[bytes], dict[str, Any]]:
+        """The engine's tar of ``full`` as it arrives (links never followed); and its stat.
 
         Raises:
             FileNotFoundError: ``full`` does not exist in the container.
@@ -413,7 +444,7 @@ class DockerSandbox:
         try:
             with engine_errors(f"read {full}"):
                 chunks, stat = self._container.get_archive(full)
-                return spool_chunks(chunks), dict(stat)
+                return chunks, dict(stat)
         except SandboxError as exc:
             if isinstance(exc.__cause__, docker.errors.NotFound):
                 raise FileNotFoundError(full) from exc
@@ -445,9 +476,15 @@ class DockerSandbox:
             return hostfs.copy_beneath(
                 self._volume_path, rel, Path(host_path), max_file_bytes=max_file_bytes
             )
-        archive, stat = self._get_archive(full)
+        chunks, stat = self._stream_archive(full)
         is_dir = bool(int(stat.get("mode", 0)) & (1 << 31))
-        with archive:
+        size = int(stat.get("size", 0))
+        is_link = bool(stat.get("linkTarget"))
+        if not (is_dir or is_link) and max_file_bytes is not None and size > max_file_bytes:
+            getattr(chunks, "close", lambda: None)()  # decided from the stat: nothing moves
+            note = write_omitted_note(Path(host_path) / stat["name"], size, max_file_bytes)
+            return [note.name]
+        with spool_chunks(chunks) as archive:
             return safe_extract(
                 archive, Path(host_path), strip_top=is_dir, max_file_bytes=max_file_bytes
             )

@@ -12,12 +12,13 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -183,6 +184,20 @@ class LocalSandbox:
             raise FileNotFoundError(str(p))
         with open(p, "rb") as fh:
             return fh.read(limit)
+
+    @contextlib.contextmanager
+    def open_file(self, path: str) -> Iterator[IO[bytes]]:
+        self._check_open()
+        p = self._path(path)
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise FileNotFoundError(str(p)) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileNotFoundError(str(p))
+        with os.fdopen(fd, "rb") as fh:
+            yield fh
 
     def push(self, host_path: Path, sandbox_path: str) -> None:
         self._check_open()

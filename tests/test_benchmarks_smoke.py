@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark module: each measurement runs (n=2) and reports; no timing asserts."""
+"""Smoke tests of the benchmarks: each measurement runs (n=2 or --quick) and reports; no timing asserts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from benchmarks import common, sandbox_overhead  # noqa: E402
+from benchmarks import common, samples_validation, sandbox_overhead  # noqa: E402
+from runner.contract import validate_samples_jsonl  # noqa: E402
 
 
 def _check(result: dict[str, object]) -> None:
@@ -74,3 +75,37 @@ def test_cli_quick_run_saves_json(tmp_path: Path, capsys: pytest.CaptureFixture[
         _check(result)
     assert set(payload["profiles"]) == {"exec_true", "open_close"}
     assert payload["machine"]["nproc"] and payload["machine"]["kernel"]
+
+
+def test_make_samples_is_valid_and_about_1kb_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    lines = samples_validation.make_samples(path, 2 * 1024 * 1024)
+    size = path.stat().st_size
+    assert size >= 2 * 1024 * 1024
+    assert lines == path.read_bytes().count(b"\n") > 1000
+    assert 800 < size / lines < 1400
+    assert validate_samples_jsonl(path).samples == lines
+    assert samples_validation.baseline(path) == lines
+
+
+@pytest.mark.slow
+def test_samples_validation_quick_run_saves_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--quick", "--json", "--results-dir", str(tmp_path), "--tmp-dir", str(tmp_path)]
+    assert samples_validation.main(argv) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.parent == tmp_path and path.name.startswith("samples_validation-")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the samples were deleted
+    payload = json.loads(path.read_text())
+    assert payload["file"]["bytes"] >= samples_validation.QUICK_BYTES
+    (result,) = payload["results"]
+    assert result["ours"]["n"] == result["baseline"]["n"] == samples_validation.QUICK_RUNS
+    assert result["ratio"] > 0 and isinstance(result["met"], bool)
+    assert payload["throughput"]["ours"]["lines_per_s"] > 0
+    assert set(payload["targets"]) == {"lines_per_s", "ratio", "rss_growth_bytes"}
+    growth = payload["memory"]["rss_growth_bytes"]
+    # The probe sees a reader that keeps the whole file (the control) ...
+    assert growth["read_all"] > 30 * 1024 * 1024, growth
+    # ... and ours does not grow with the file (no timing asserts: machines differ).
+    assert growth["ours"] < samples_validation.TARGET_RSS_GROWTH, growth

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from runner.contract import (
     validate_rollout,
     validate_samples_jsonl,
 )
+from runner.contract import samples as sample_checks
 from runner.errors import ContractError
 
 GOOD = {"prompt": "2+2?", "completion": "4", "reward": 1}
@@ -149,6 +151,227 @@ def test_sample_model_rejects_bool_and_nan() -> None:
     for reward in (True, float("nan"), float("inf")):
         with pytest.raises(pydantic.ValidationError):
             Sample.model_validate({**GOOD, "reward": reward})
+
+
+# --- the fast path must agree with the model, line for line ------------------------------
+#
+# validate_samples_jsonl checks most lines without building a Sample (samples.py fast
+# path) and reads in blocks. The reference below is the previous implementation: a Sample
+# per line, read with readline. Both must give the same report, or the same error
+# (message, line, field), on every file.
+
+
+def reference_validate(
+    path: Path, *, max_line_bytes: int = sample_checks.MAX_SAMPLE_LINE_BYTES
+) -> Any:
+    count = blank = 0
+    total = 0.0
+    low = high = None
+    with path.open("rb") as fh:
+        while raw := fh.readline(max_line_bytes + 1):
+            count += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                raise sample_checks._bad_line(
+                    path, count, f"line is longer than {max_line_bytes} bytes"
+                )
+            if count == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            if not raw.strip():
+                raise sample_checks._bad_line(
+                    path, count, "blank line (every line must be a sample)"
+                )
+            try:
+                sample = Sample.model_validate_json(raw)
+            except pydantic.ValidationError as exc:
+                field, msg = sample_checks.first_error(exc)
+                raise sample_checks._bad_line(path, count, msg, field or None) from exc
+            total += sample.reward
+            low = sample.reward if low is None else min(low, sample.reward)
+            high = sample.reward if high is None else max(high, sample.reward)
+            blank += not sample.completion.strip()
+    if count == 0:
+        raise ContractError("samples_jsonl_empty: the file has no samples", file=path)
+    if blank == count:
+        raise ContractError(
+            "samples_jsonl_all_empty_completions: every completion is blank", file=path
+        )
+    return sample_checks.SamplesReport(
+        path=str(path),
+        samples=count,
+        blank_completions=blank,
+        reward_min=low,
+        reward_max=high,
+        reward_mean=total / count,
+    )
+
+
+def outcome(fn: Any, path: Path, **kw: Any) -> tuple[Any, ...]:
+    try:
+        report = fn(path, **kw)
+    except ContractError as exc:
+        return ("error", str(exc), exc.line, exc.field)
+    return ("ok", repr(report.model_dump()))  # repr: tells -0.0 from 0.0
+
+
+def assert_same_as_reference(path: Path, **kw: Any) -> tuple[Any, ...]:
+    ours = outcome(validate_samples_jsonl, path, **kw)
+    assert ours == outcome(reference_validate, path, **kw)
+    return ours
+
+
+OK = b'{"prompt": "p", "completion": "c", "reward": 1}'
+EDGE_LINES = [
+    # rewards: bool, NaN and infinities, strings, null, big and exact-boundary integers
+    *(
+        b'{"prompt": "p", "completion": "c", "reward": %s}' % r
+        for r in (
+            *(b"true", b"false", b"null", b'"1"', b"[1]", b"{}"),
+            *(b"NaN", b"-NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b"1e-400"),
+            *(b"0", b"-0", b"-0.0", b"0.1", b"1.7976931348623157e308", b"5e-324"),
+            *(b"9007199254740992", b"-9007199254740992", b"9007199254740993"),
+            *(b"-9007199254740993", b"123456789012345678901234567890", b"1" + b"0" * 400),
+            *(b"01", b"1.", b"-", b"+1", b".5", b"0x10"),
+        )
+    ),
+    # missing and ill-typed fields, in every position
+    b'{"completion": "c", "reward": 1}',
+    b'{"prompt": "p", "reward": 1}',
+    b'{"prompt": "p", "completion": "c"}',
+    b"{}",
+    b'{"prompt": null, "completion": "c", "reward": 1}',
+    b'{"prompt": "p", "completion": 1, "reward": 1}',
+    b'{"prompt": ["p"], "completion": "c", "reward": 1}',
+    b'{"prompt": "p", "completion": {"c": 1}, "reward": 1}',
+    b'{"prompt": 1, "completion": 2, "reward": "x"}',
+    # not objects
+    *(b"[]", b'["p", "c", 1]', b'"text"', b"1", b"null", b"true", b"NaN"),
+    # duplicate keys (the last one wins, in both directions)
+    b'{"prompt": 1, "prompt": "p", "completion": "c", "reward": 1}',
+    b'{"prompt": "p", "prompt": 1, "completion": "c", "reward": 1}',
+    b'{"prompt": "p", "completion": "c", "reward": true, "reward": 0.5}',
+    b'{"prompt": "p", "completion": "c", "reward": 0.5, "reward": NaN}',
+    # extra fields: anything valid JSON is allowed, including NaN and huge numbers
+    b'{"prompt": "p", "completion": "c", "reward": 1, "id": 7, "x": [1, {"y": null}]}',
+    b'{"prompt": "p", "completion": "c", "reward": 1, "x": NaN, "y": 1e400, "z": -Infinity}',
+    b'{"prompt": "p", "completion": "c", "reward": 1, "x": ' + b"[" * 300 + b"]" * 300 + b"}",
+    b'{"prompt": "p", "completion": "c", "reward": 1, "x": "\\ud800"}',
+    b'{"prompt": "p", "completion": "c", "reward": 1, "x": "\xff"}',
+    # strings: escapes, lone surrogates, control characters, invalid UTF-8, non-ASCII
+    b'{"prompt": "\\ud83d\\ude00 caf\\u00e9 \\n\\t\\"", "completion": "\xc3\xa9", "reward": 1}',
+    b'{"prompt": "\\ud800", "completion": "c", "reward": 1}',
+    b'{"prompt": "p", "completion": "\\udc00", "reward": 1}',
+    b'{"prompt": "p\x01", "completion": "c", "reward": 1}',
+    b'{"prompt": "\xff", "completion": "c", "reward": 1}',
+    b'{"prompt": "\xed\xa0\x80", "completion": "c", "reward": 1}',
+    b'{"prompt": "p", "completion": "\\x41", "reward": 1}',
+    # blank completions: empty, ASCII and Unicode whitespace, a non-breaking space
+    *(
+        b'{"prompt": "p", "completion": "%s", "reward": 1}' % c
+        for c in (b"", b" ", b"\\t\\n", b"\\u00a0", b"\\u2003\\u3000", b"\\u200b", b" x ")
+    ),
+    # syntax and whitespace around the object
+    b'{"prompt": "p", "completion": "c", "reward": 1',
+    b'{"prompt": "p", "completion": "c", "reward": 1,}',
+    OK + b" trailing",
+    OK + b"\x00",
+    OK + b"\xff",
+    OK + OK,
+    b"  " + OK + b" \t",
+    b"\x0c" + OK,
+    OK + b"\x0b",
+    b'{"prompt": "p",\r"completion": "c", "reward": 1}',
+    b"\xef\xbb\xbf" + OK,
+    # blank lines
+    *(b"", b" ", b"\t", b"\r", b"\x0c", b"\x0b", b"\xef\xbb\xbf"),
+]
+
+
+@pytest.mark.parametrize("line", EDGE_LINES, ids=range(len(EDGE_LINES)))
+@pytest.mark.parametrize("where", ["first", "middle", "last", "last_without_newline"])
+def test_fast_path_agrees_with_the_model(tmp_path: Path, line: bytes, where: str) -> None:
+    before = {"first": [], "middle": [OK, OK], "last": [OK], "last_without_newline": [OK]}[where]
+    after = [OK] if where in ("first", "middle") else []
+    body = b"".join(x + b"\n" for x in [*before, line, *after])
+    if where == "last_without_newline":
+        body = body.removesuffix(b"\n")
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(body)
+    assert_same_as_reference(path)
+
+
+def test_fast_path_accepts_what_the_model_accepts(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    ok_lines = (
+        b'{"prompt": "p", "completion": "c", "reward": 9007199254740993}',  # via the model
+        b'{"prompt": "p", "completion": "c", "reward": 123456789012345678901234567890}',
+        b'{"prompt": 1, "prompt": "p", "completion": "c", "reward": 1}',
+        b'{"prompt": "p", "completion": "c", "reward": 1, "x": NaN}',
+    )
+    for line in ok_lines:
+        path.write_bytes(line + b"\n")
+        assert assert_same_as_reference(path)[0] == "ok", line
+    path.write_bytes(b'{"prompt": "p", "completion": "c", "reward": 9007199254740993}\n')
+    assert validate_samples_jsonl(path).reward_max == 9007199254740992.0
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 4096])
+def test_lines_across_read_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(sample_checks, "_BLOCK_BYTES", block)
+    rows = [GOOD, {**GOOD, "reward": -2.5, "completion": ""}, {**GOOD, "prompt": "é" * 50}]
+    path = jsonl(tmp_path / "s.jsonl", rows)
+    assert assert_same_as_reference(path)[0] == "ok"
+    path.write_bytes(path.read_bytes() + b"\n" + OK)
+    assert "s.jsonl:4:" in assert_same_as_reference(path)[1]  # the blank line
+    path.write_bytes(b"\xef\xbb\xbf" + OK + b"\r\n" + OK)
+    assert assert_same_as_reference(path)[0] == "ok"
+
+
+@pytest.mark.parametrize("block", [1, 5, 10, 11, 12, 64])
+@pytest.mark.parametrize("extra", [-1, 0, 1, 2])
+@pytest.mark.parametrize("ending", [b"\n", b"", b"\n" + OK + b"\n"])
+def test_line_length_limit_boundaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int, extra: int, ending: bytes
+) -> None:
+    """A line of exactly the limit passes, one byte more fails, with or without newline."""
+    monkeypatch.setattr(sample_checks, "_BLOCK_BYTES", block)
+    limit = len(OK) + extra
+    path = tmp_path / "s.jsonl"
+    for first in (b"", OK + b"\n", b"\xef\xbb\xbf"):
+        path.write_bytes(first + OK + ending)
+        assert_same_as_reference(path, max_line_bytes=limit)
+
+
+def test_random_files_agree_with_the_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(1234)
+    path = tmp_path / "s.jsonl"
+    seps = [b"\n", b"\r\n", b"\n\n", b"\n \n", b"\r"]
+    for round_no in range(300):
+        monkeypatch.setattr(sample_checks, "_BLOCK_BYTES", rng.choice([1, 3, 16, 50, 1024]))
+        lines = [rng.choice([OK] * 8 + EDGE_LINES) for _ in range(rng.randint(0, 6))]
+        body = b"".join(line + rng.choice(seps) for line in lines)
+        if rng.random() < 0.3:
+            body = body.rstrip(b"\n")
+        path.write_bytes(body)
+        limit = rng.choice([10, 40, 60, 1000])
+        kw = {"max_line_bytes": limit} if round_no % 2 else {}
+        assert_same_as_reference(path, **kw)
+
+
+def test_long_line_is_refused_after_reading_one_block_past_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(OK + b"\n" + b'{"prompt": "' + b"x" * (8 * 1024 * 1024) + b'"}\n' + OK)
+    tracemalloc.start()
+    try:
+        err = samples_error(path, max_line_bytes=100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.line == 2 and "longer than 100000 bytes" in str(err)
+    assert peak < 2 * 1024 * 1024, f"peak {peak} bytes"
 
 
 # --- rollout ---------------------------------------------------------------------------

@@ -387,6 +387,7 @@ def test_exported_names() -> None:
         "validate_hints_used",
         "validate_metrics",
         "validate_rollout",
+        "validate_rollout_manifest",
         "validate_samples_jsonl",
     }
     assert all(hasattr(contract, name) for name in contract.__all__)

@@ -17,7 +17,8 @@ import pytest
 import runner_env
 from runner.cli import main
 from runner.manifest import MANIFEST_FILE, load_manifest, manifest_json_schema, verify_run_dir
-from runner.manifest_builder import MAX_SAMPLES_COPY, WORKSPACE_EXCLUDE, workspace_digest
+from runner.manifest_builder import WORKSPACE_EXCLUDE, workspace_digest
+from runner.outputs_io import DEFAULT_MAX_COPY_BYTES
 from runner.stage_env import DETERMINISM_DEFAULTS, SEED_VAR, base_stage_env, derive_seed
 from tests.contract_repos import make_repo
 
@@ -233,5 +234,5 @@ def test_an_oversized_samples_file_is_not_copied_at_close(
     sess.close()
     m = load_manifest(sess.artifacts_dir)
     assert m.outputs.rollout is not None and m.outputs.samples is None
-    assert max(f.size for f in m.files) < MAX_SAMPLES_COPY
+    assert max(f.size for f in m.files) < DEFAULT_MAX_COPY_BYTES
     assert verify_run_dir(sess.artifacts_dir).ok

@@ -118,6 +118,23 @@ def test_pull_leaves_oversized_files_behind_with_a_note(sb: Sandbox, tmp_path: P
     ]
 
 
+def test_open_file_streams_a_file_and_never_follows_links(sb: Sandbox) -> None:
+    sb.exec("head -c 3000000 /dev/zero | tr '\\0' x > stream.txt && echo end >> stream.txt")
+    with sb.open_file("stream.txt") as fh:
+        assert fh.read(5) == b"xxxxx"
+        rest = fh.read()
+    assert len(rest) == 3_000_000 - 5 + 4 and rest.endswith(b"xend\n")
+    # Stopping early is fine: a reader that refuses a huge file need not drain it.
+    sb.exec("truncate -s 256M sparse.bin")
+    with sb.open_file("sparse.bin") as fh:
+        assert fh.read(4) == b"\0\0\0\0"
+    sb.exec("ln -s /etc/passwd passwd_link && mkdir -p adir")
+    for refused in ("passwd_link", "adir", "no/such/file"):
+        with pytest.raises(FileNotFoundError), sb.open_file(refused) as fh:
+            fh.read()
+    assert sb.exec("true").exit_code == 0  # the sandbox is still usable after all that
+
+
 def test_read_file_never_follows_links(sb: Sandbox) -> None:
     sb.exec("ln -s /etc/passwd passwd_link")
     with pytest.raises(FileNotFoundError):

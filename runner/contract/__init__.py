@@ -23,6 +23,7 @@ from runner.contract.outputs import (
     validate_hints_used,
     validate_metrics,
     validate_rollout,
+    validate_rollout_manifest,
     validate_samples_jsonl,
 )
 from runner.contract.pipeline import (
@@ -59,5 +60,6 @@ __all__ = [
     "validate_hints_used",
     "validate_metrics",
     "validate_rollout",
+    "validate_rollout_manifest",
     "validate_samples_jsonl",
 ]

@@ -18,8 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, TypeGuard
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
+from runner.contract.samples import (
+    LENIENT_CONFIG,
+    MAX_SAMPLE_LINE_BYTES,
+    Sample,
+    SamplesReport,
+    first_error,
+    validate_samples_jsonl,
+)
 from runner.errors import ContractError
 
 __all__ = [
@@ -37,15 +45,14 @@ __all__ = [
     "validate_hints_used",
     "validate_metrics",
     "validate_rollout",
+    "validate_rollout_manifest",
     "validate_samples_jsonl",
 ]
 
 #: Output JSON objects (metrics, rollout, hints) are small; a huge one is a bug.
 MAX_JSON_BYTES = 16 * 1024 * 1024
-#: One sample line may carry a long completion, but memory must stay bounded.
-MAX_SAMPLE_LINE_BYTES = 32 * 1024 * 1024
 
-_LENIENT = ConfigDict(extra="allow", frozen=True, use_attribute_docstrings=True)
+_LENIENT = LENIENT_CONFIG
 
 
 def read_json_object(
@@ -82,12 +89,6 @@ def _is_finite_number(value: object) -> TypeGuard[int | float]:
         return math.isfinite(value)
     except OverflowError:  # an int too large for a float
         return False
-
-
-def _first_error(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors(include_url=False)[0]
-    field = ".".join(str(p) for p in err["loc"])
-    return field, str(err["msg"]).removeprefix("Value error, ")
 
 
 # --- runtime_env.json ------------------------------------------------------------------
@@ -144,7 +145,7 @@ def load_runtime_env(path: Path) -> RuntimeEnv | None:
     try:
         return RuntimeEnv.model_validate(data)
     except ValidationError as exc:
-        field, msg = _first_error(exc)
+        field, msg = first_error(exc)
         raise ContractError(f"runtime_env_json_invalid: {msg}", file=path, field=field) from exc
 
 
@@ -191,103 +192,24 @@ class RolloutManifest(BaseModel):
     """Output paths; `samples_jsonl` is required."""
 
 
-class Sample(BaseModel):
-    """One line of the samples JSONL. Extra keys (id, answer, ...) are allowed."""
-
-    model_config = _LENIENT
-    prompt: StrictStr
-    """The prompt sent to the model."""
-    completion: StrictStr
-    """The model's completion."""
-    reward: Annotated[float, Field(strict=True, allow_inf_nan=False)]
-    """Finite number; booleans, strings, NaN and infinities are refused."""
-
-
-class SamplesReport(BaseModel):
-    """What a valid samples file contained."""
-
-    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
-    path: str
-    """The samples file that was read."""
-    samples: int
-    """Number of lines, all valid."""
-    blank_completions: int
-    """Samples whose completion is empty or whitespace."""
-    reward_min: float | None
-    """Smallest reward (None without samples)."""
-    reward_max: float | None
-    """Largest reward."""
-    reward_mean: float | None
-    """Mean reward."""
-
-
-def validate_samples_jsonl(
-    path: Path, *, min_samples: int = 1, max_line_bytes: int = MAX_SAMPLE_LINE_BYTES
-) -> SamplesReport:
-    """Check every line of a samples JSONL file, streaming (memory bounded by one line).
-
-    Raises:
-        ContractError: missing or empty file; the first bad line (file and 1-based line:
-            blank, too long, bad JSON or UTF-8, not an object, missing/ill-typed field,
-            non-finite reward); fewer than ``min_samples``; all completions blank.
-    """
-    count = blank = 0
-    total = 0.0
-    low = high = None
-    try:
-        with path.open("rb") as fh:
-            while raw := fh.readline(max_line_bytes + 1):
-                count += 1
-                if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-                    raise _bad_line(path, count, f"line is longer than {max_line_bytes} bytes")
-                if count == 1:
-                    raw = raw.removeprefix(b"\xef\xbb\xbf")
-                if not raw.strip():
-                    raise _bad_line(path, count, "blank line (every line must be a sample)")
-                try:
-                    sample = Sample.model_validate_json(raw)
-                except ValidationError as exc:
-                    field, msg = _first_error(exc)
-                    raise _bad_line(path, count, msg, field or None) from exc
-                reward = sample.reward
-                total += reward
-                low = reward if low is None else min(low, reward)
-                high = reward if high is None else max(high, reward)
-                blank += not sample.completion.strip()
-    except FileNotFoundError as exc:
-        raise ContractError(f"samples_jsonl_not_found: {path}", file=path) from exc
-    except OSError as exc:
-        raise ContractError(f"failed_to_read_samples_jsonl: {exc}", file=path) from exc
-    if count == 0 and min_samples > 0:
-        raise ContractError("samples_jsonl_empty: the file has no samples", file=path)
-    if count < min_samples:
-        raise ContractError(
-            f"samples_jsonl_too_few: expected>={min_samples} got={count}", file=path
-        )
-    if count and blank == count:
-        raise ContractError(
-            "samples_jsonl_all_empty_completions: every completion is blank", file=path
-        )
-    return SamplesReport(
-        path=str(path),
-        samples=count,
-        blank_completions=blank,
-        reward_min=low,
-        reward_max=high,
-        reward_mean=total / count if count else None,
-    )
-
-
-def _bad_line(path: Path, line: int, message: str, field: str | None = None) -> ContractError:
-    return ContractError(
-        f"samples_jsonl_invalid_line: {message}", file=path, line=line, field=field
-    )
-
-
 def validate_rollout(
     repo_root: Path, rollout_json_path: Path, *, workspace: str | None = None, min_samples: int = 1
 ) -> SamplesReport:
     """Check rollout.json and the samples file it points to.
+
+    Raises:
+        ContractError: the predecessor's checks in order (missing/invalid rollout.json,
+            counts all errors, missing paths.samples_jsonl, samples not found/empty)
+            plus every samples_jsonl check of validate_samples_jsonl().
+    """
+    samples = validate_rollout_manifest(repo_root, rollout_json_path, workspace=workspace)
+    return validate_samples_jsonl(samples, min_samples=min_samples)
+
+
+def validate_rollout_manifest(
+    repo_root: Path, rollout_json_path: Path, *, workspace: str | None = None
+) -> Path:
+    """Check rollout.json alone; return where its samples file is under ``repo_root``.
 
     ``paths.samples_jsonl`` is resolved against ``repo_root``. An absolute path is
     accepted only under ``workspace`` (the repo root as the stage saw it, e.g.
@@ -295,9 +217,8 @@ def validate_rollout(
     sandbox) absolute paths are read as they are. Relative paths must stay inside.
 
     Raises:
-        ContractError: the predecessor's checks in order (missing/invalid rollout.json,
-            counts all errors, missing paths.samples_jsonl, samples not found/empty)
-            plus every samples_jsonl check of validate_samples_jsonl().
+        ContractError: missing/invalid rollout.json, counts all errors, missing or
+            escaping paths.samples_jsonl.
     """
     data = read_json_object(
         rollout_json_path, missing="missing_rollout_json", not_object="rollout_json_not_object"
@@ -305,7 +226,7 @@ def validate_rollout(
     try:
         manifest = RolloutManifest.model_validate(data)
     except ValidationError as exc:
-        field, msg = _first_error(exc)
+        field, msg = first_error(exc)
         code = "rollout_json_missing_paths" if field.startswith("paths") else "rollout_json_invalid"
         if field.startswith("paths.samples_jsonl"):
             code = "rollout_json_missing_paths.samples_jsonl"
@@ -325,7 +246,7 @@ def validate_rollout(
             field="paths.samples_jsonl",
             found=manifest.paths.samples_jsonl,
         )
-    return validate_samples_jsonl(samples, min_samples=min_samples)
+    return samples
 
 
 def _samples_location(repo_root: Path, raw: str, workspace: str | None) -> Path | None:

@@ -108,11 +108,6 @@ def test_2gb_sparse_metrics_is_read_in_bounded_io(sparse_metrics: SparseMetricsR
     assert sparse_metrics.watch.io_bytes < 256 * MB, sparse_metrics.watch.io_bytes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: samples and stage files are copied whole, and scrub_tree reads each file whole",
-)
 def test_256mb_sparse_samples_and_artifact_are_read_bounded(
     tmp_path: Path, default_image: str
 ) -> None:
@@ -128,12 +123,43 @@ def test_256mb_sparse_samples_and_artifact_are_read_bounded(
         assert time.monotonic() - started < 120
         assert not roll.ok
         assert roll.failed_stage == "rollout"
-        assert "samples" in roll.reason, roll.reason
+        # Streamed from the sandbox and refused at the first over-long line.
+        assert "samples_jsonl_invalid_line: line is longer than" in roll.reason, roll.reason
         size, path = largest_file(sess.artifacts_dir)
         assert size < RUN_DIR_FILE_CAP, f"{path}: {size} bytes copied into the run dir"
         assert watch.rss_growth < 128 * MB, watch.rss_growth
+        notes = sorted(p.name for p in sess.artifacts_dir.rglob("*.omitted"))
+        assert notes == ["big.bin.omitted", "samples.jsonl.omitted"], notes
+        assert any(e["kind"] == "stage_files_omitted" for e in _events(sess))
     finally:
         shutil.rmtree(repo, ignore_errors=True)  # gigabytes of zeros, if the runner wrote them
+
+
+def test_samples_over_the_copy_cap_are_validated_in_the_sandbox(
+    tmp_path: Path, default_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too big to copy is not a pass: each line is still checked, streamed out."""
+    monkeypatch.setenv("FSM_RUNNER_MAX_COPY_BYTES", "1024")
+    line = '{"prompt": "p", "completion": "c", "reward": 1}'
+    good = f"for i in $(seq 100); do echo '{line}'; done > samples.jsonl\n"
+    manifest = """echo '{"ok": true, "paths": {"samples_jsonl": "samples.jsonl"}}' > .aider_fsm/rollout.json\n"""
+    repo = make_repo(tmp_path / "good", rollout=good + manifest)
+    with docker_setup(repo) as sess:
+        roll = sess.rollout(llm="m", require_samples=True, repair_iters=0)
+    assert roll.ok, roll.reason
+    assert roll.samples == 100
+    assert roll.samples_path is None  # left in the sandbox: nothing on the host to point at
+    assert [p.name for p in sess.artifacts_dir.rglob("samples.jsonl*")] == ["samples.jsonl.omitted"]
+
+    bad = good + 'echo \'{"prompt": "p", "completion": 3, "reward": 1}\' >> samples.jsonl\n'
+    repo = make_repo(tmp_path / "bad", rollout=bad + manifest)
+    with docker_setup(repo) as sess:
+        roll = sess.rollout(llm="m", require_samples=True, repair_iters=0)
+    assert not roll.ok
+    # Named by its path in the sandbox, with the line and field.
+    assert roll.reason.startswith(
+        "/workspace/samples.jsonl:101: completion: samples_jsonl_invalid_line"
+    ), roll.reason
 
 
 def test_very_deep_artifact_folder_is_refused_not_raised(

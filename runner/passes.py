@@ -1,0 +1,70 @@
+"""A pass through some stages, and what it brings back from the sandbox.
+
+Every rollout, evaluation or teardown attempt is a pass: the runner records its commands
+under ``env_api/<pass>/`` in the run dir, and its stages write their artifacts to a dir
+of their own inside the sandbox. The session and its checks (bootstrap, rollout,
+evaluation) all read outputs and stage files back the same way, so that lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.artifacts import RunDir
+from runner.outputs_io import max_copy_bytes, read_output, to_sandbox_rel, write_host_output
+from runner.results import VerificationResult
+from runner.stages import StageResult
+from sandbox import OMITTED_SUFFIX, Sandbox
+from sandbox.errors import SandboxError as SandboxLayerError
+
+
+@dataclass
+class Pass:
+    """One pass through some stages: its host record dir and in-sandbox artifacts dir."""
+
+    name: str
+    host_dir: Path
+    sandbox_dir: str
+    verify: VerificationResult = field(default_factory=VerificationResult)
+
+
+def sync_output(
+    sb: Sandbox, run_dir: RunDir, repo_root: Path, rel: str, p: Pass
+) -> tuple[Path | None, Path | None]:
+    """Read an output from the sandbox into the pass's mirror and the host's .aider_fsm/."""
+    data = read_output(sb, rel)
+    mirror = p.host_dir / "outputs" / rel
+    if data is not None:
+        run_dir.write_bytes(mirror.relative_to(run_dir.path), data)
+    host = write_host_output(repo_root, rel, None if data is None else run_dir.redact_bytes(data))
+    return (mirror if data is not None else None), host
+
+
+def pull_stage_files(sb: Sandbox | None, run_dir: RunDir, p: Pass) -> None:
+    """Bring the stage's own artifacts dir back (safe pull), scrubbed of secrets."""
+    if sb is None:
+        return
+    rel = to_sandbox_rel(p.sandbox_dir, sb.workspace)
+    if rel is None:
+        return
+    dest = p.host_dir / "stage_files"
+    try:
+        written = sb.pull(rel, dest, max_file_bytes=max_copy_bytes())
+    except FileNotFoundError:
+        return
+    except SandboxLayerError as exc:
+        run_dir.event("stage_files_refused", pass_=p.name, reason=str(exc))
+        return
+    omitted = [name for name in written if name.endswith(OMITTED_SUFFIX)]
+    if omitted:
+        run_dir.event("stage_files_omitted", pass_=p.name, files=omitted, cap=max_copy_bytes())
+    run_dir.scrub_tree(dest)
+
+
+def failure_reason(verify: VerificationResult) -> str:
+    """Why a pass failed: the failed stage's reason, else the metrics errors, else its name."""
+    stage = getattr(verify, verify.failed_stage or "", None)
+    if isinstance(stage, StageResult):
+        return stage.reason
+    return "; ".join(verify.metrics_errors) or (verify.failed_stage or "")
