@@ -255,7 +255,8 @@ def measure_open_close(
         name="open_close",
         ours_label=(
             "open_sandbox(SandboxSpec(workspace_src=repo, image=tag)) + close() "
-            "(create, copy repo in with put_archive, start, remove)"
+            "(create with a fresh workspace volume, copy the repo into it while the "
+            "container starts, remove both; put_archive when not root or the engine is remote)"
         ),
         baseline_label=(
             f"subprocess: {docker_bin} run --rm <same limits/caps/tmpfs/CA mount> "
