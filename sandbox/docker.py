@@ -18,7 +18,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -26,18 +27,10 @@ import docker
 import docker.errors
 from docker.types import Mount, Ulimit
 
-from . import hostfs, procs
-from .archive import (
-    copy_tree,
-    open_single,
-    pack_dir,
-    pack_path,
-    read_single,
-    safe_extract,
-    spool_chunks,
-    write_omitted_note,
-)
+from . import procs
+from .archive import copy_tree, pack_dir
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
+from .container_files import ContainerFiles
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
 from .images import ensure_image
@@ -121,6 +114,7 @@ class DockerSandbox:
                         self._container.put_archive(parent, archive)
                 with engine_errors("start container"):
                     self._container.start()
+            self._files = ContainerFiles(self._container, self.workspace, self._volume_path)
             with engine_errors("inspect container"):
                 self._container.reload()
             self._init_pid = int(self._container.attrs["State"]["Pid"])
@@ -318,15 +312,6 @@ class DockerSandbox:
             truncated=sink.truncated,
         )
 
-    def _in_volume(self, full: str) -> str | None:
-        """``full`` relative to the workspace when it lies in the host-visible volume."""
-        if self._volume_path is None:
-            return None
-        try:
-            return str(PurePosixPath(full).relative_to(self.workspace))
-        except ValueError:
-            return None
-
     def _resolve_cwd(self, cwd: str | None) -> str:
         if not cwd:
             return self.workspace
@@ -405,89 +390,22 @@ class DockerSandbox:
 
     def read_file(self, path: str, limit: int = DEFAULT_OUTPUT_LIMIT) -> bytes:
         self._check_open()
-        full = self._resolve_cwd(path)
-        rel = self._in_volume(full)
-        if rel is not None and self._volume_path is not None:
-            return hostfs.read_beneath(self._volume_path, rel, limit)
-        archive, _ = self._get_archive(full)
-        with archive:
-            return read_single(archive, limit)
+        return self._files.read_file(self._resolve_cwd(path), limit)
 
-    @contextlib.contextmanager
-    def open_file(self, path: str) -> Iterator[IO[bytes]]:
+    def open_file(self, path: str) -> AbstractContextManager[IO[bytes]]:
         self._check_open()
-        full = self._resolve_cwd(path)
-        rel = self._in_volume(full)
-        if rel is not None and self._volume_path is not None:
-            with os.fdopen(hostfs.open_beneath(self._volume_path, rel), "rb") as fh:
-                yield fh
-            return
-        chunks, _ = self._stream_archive(full)
-        with open_single(chunks) as fh:
-            yield fh
-
-    def _get_archive(self, full: str) -> tuple[IO[bytes], dict[str, Any]]:
-        """The engine's tar of ``full`` (links never followed), spooled; and its stat.
-
-        Raises:
-            FileNotFoundError: ``full`` does not exist in the container.
-        """
-        chunks, stat = self._stream_archive(full)
-        return spool_chunks(chunks), stat
-
-    def _stream_archive(self, full: str) -> tuple[Iterator[bytes], dict[str, Any]]:
-        """The engine's tar of ``full`` as it arrives (links never followed); and its stat.
-
-        Raises:
-            FileNotFoundError: ``full`` does not exist in the container.
-        """
-        try:
-            with engine_errors(f"read {full}"):
-                chunks, stat = self._container.get_archive(full)
-                return chunks, dict(stat)
-        except SandboxError as exc:
-            if isinstance(exc.__cause__, docker.errors.NotFound):
-                raise FileNotFoundError(full) from exc
-            raise
+        return self._files.open_file(self._resolve_cwd(path))
 
     def push(self, host_path: Path, sandbox_path: str) -> None:
         self._check_open()
-        dest = PurePosixPath(self._resolve_cwd(sandbox_path))
-        self._ensure_dir(str(dest.parent))
-        archive: IO[bytes]
-        with pack_path(Path(host_path), dest.name) as archive, engine_errors(f"push {dest}"):
-            self._container.put_archive(str(dest.parent), archive)
-
-    def _ensure_dir(self, path: str) -> None:
-        with engine_errors(f"mkdir {path}"):
-            res = self._container.exec_run(["mkdir", "-p", path])
-        if res.exit_code != 0:
-            raise SandboxError(
-                f"cannot create {path} in sandbox: {res.output.decode(errors='replace')}"
-            )
+        self._files.push(Path(host_path), self._resolve_cwd(sandbox_path))
 
     def pull(
         self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
     ) -> list[str]:
         self._check_open()
         full = self._resolve_cwd(sandbox_path)
-        rel = self._in_volume(full)
-        if rel is not None and self._volume_path is not None:
-            return hostfs.copy_beneath(
-                self._volume_path, rel, Path(host_path), max_file_bytes=max_file_bytes
-            )
-        chunks, stat = self._stream_archive(full)
-        is_dir = bool(int(stat.get("mode", 0)) & (1 << 31))
-        size = int(stat.get("size", 0))
-        is_link = bool(stat.get("linkTarget"))
-        if not (is_dir or is_link) and max_file_bytes is not None and size > max_file_bytes:
-            getattr(chunks, "close", lambda: None)()  # decided from the stat: nothing moves
-            note = write_omitted_note(Path(host_path) / stat["name"], size, max_file_bytes)
-            return [note.name]
-        with spool_chunks(chunks) as archive:
-            return safe_extract(
-                archive, Path(host_path), strip_top=is_dir, max_file_bytes=max_file_bytes
-            )
+        return self._files.pull(full, Path(host_path), max_file_bytes=max_file_bytes)
 
 
 class _Background:
