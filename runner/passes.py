@@ -8,6 +8,7 @@ evaluation) all read outputs and stage files back the same way, so that lives he
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,35 @@ def pull_stage_files(sb: Sandbox | None, run_dir: RunDir, p: Pass) -> None:
     if omitted:
         run_dir.event("stage_files_omitted", pass_=p.name, files=omitted, cap=max_copy_bytes())
     run_dir.scrub_tree(dest)
+
+
+def export_target(run_dir: RunDir, dest: str | Path) -> Path:
+    """Where :func:`export_env_api` will copy to, checked before the call does any work.
+
+    Raises:
+        ValueError: ``dest`` is inside the run dir (a copy into itself).
+    """
+    target = Path(dest).expanduser().resolve()
+    if target.is_relative_to(run_dir.path.resolve()):
+        raise ValueError(f"artifacts_dir {target} is inside the run dir {run_dir.path}")
+    return target
+
+
+def export_env_api(run_dir: RunDir, dest: str | Path) -> Path:
+    """Copy the run dir's ``env_api/`` into ``dest``: the predecessor's ``artifacts_dir=``.
+
+    The predecessor wrote a call's records straight into that folder; the run dir stays
+    the one place the runner writes (and redacts), so the caller gets a copy, refreshed
+    after each call. Links are copied as links (the run dir holds none of its own).
+    """
+    target = export_target(run_dir, dest)
+    source = run_dir.path / "env_api"
+    if source.is_dir():
+        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+    run_dir.event("artifacts_exported", dest=str(target))
+    return target
 
 
 def failure_reason(verify: VerificationResult) -> str:

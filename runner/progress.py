@@ -39,6 +39,8 @@ _ORDER = (
 # command (runner/stages.py).
 _STAGE_LINE = re.compile(r"^(?:stage )?(\w+) \((\d+) command\(s\), network=(\w+)\)$")
 _CMD_LINE = re.compile(r"^(\w+) \[\d+/\d+\] \$ (.*)$", re.DOTALL)
+# A running command's latest output line (runner/stages.py LiveTail).
+_OUT_LINE = re.compile(r"^(\w+) \| (.*)$", re.DOTALL)
 Style = Literal["live", "plain", "quiet"]
 
 
@@ -129,6 +131,8 @@ class StageView:
                 self.note = ""  # the caption is for steps outside stages (image, sandbox)
             elif m := _CMD_LINE.match(msg):
                 self.rows.setdefault(m[1], _Row()).line = f"$ {m[2]}"
+            elif (m := _OUT_LINE.match(msg)) and m[1] in self.rows:
+                self.rows[m[1]].line = m[2]
             else:
                 self.note = msg
             if self.style == "plain":

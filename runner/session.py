@@ -30,7 +30,14 @@ from runner.evaluation_phase import evaluate_stages
 from runner.hints import hint_env
 from runner.llm import LlmChoice, host_endpoint, parse_llm
 from runner.manifest_builder import collect_samples, write_manifest
-from runner.passes import Pass, failure_reason, pull_stage_files, sync_output
+from runner.passes import (
+    Pass,
+    export_env_api,
+    export_target,
+    failure_reason,
+    pull_stage_files,
+    sync_output,
+)
 from runner.repairs import repair_within_budget
 from runner.report import write_report
 from runner.results import EvaluationResult, RolloutResult, VerificationResult
@@ -282,7 +289,7 @@ class EnvSession:
         mode: str = "smoke",
         require_samples: bool = False,
         env_overrides: Mapping[str, str] | None = None,
-        artifacts_dir: Path | None = None,
+        artifacts_dir: str | Path | None = None,
         repair_iters: int = 3,
     ) -> RolloutResult:
         """Deploy (bootstrap, setup, health), then run the rollout stage and check its samples.
@@ -290,6 +297,8 @@ class EnvSession:
         On failure, up to ``repair_iters`` agent repairs of the contract, each followed by a
         fresh sandbox and a rerun.
         """
+        if artifacts_dir is not None:
+            export_target(self.run_dir, artifacts_dir)
         overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
         self.run_dir.add_secrets_from_env(overrides)
         self._start(llm, overrides)
@@ -297,6 +306,8 @@ class EnvSession:
         while True:
             result = self._rollout_once(mode, require_samples, overrides, repair_iters)
             if result.ok or not self._repair(result.verify, result.reason, overrides, budget):
+                if artifacts_dir is not None:
+                    result.artifacts_dir = export_env_api(self.run_dir, artifacts_dir)
                 return result
             self._start(None, overrides)
 
@@ -400,11 +411,13 @@ class EnvSession:
         *,
         mode: str = "smoke",
         env_overrides: Mapping[str, str] | None = None,
-        artifacts_dir: Path | None = None,
+        artifacts_dir: str | Path | None = None,
         repair_iters: int = 3,
     ) -> EvaluationResult:
         """Run evaluation (after deploy + rollout when this session has not rolled out), check
         metrics, run the benchmark stage if any, then tear down and close the sandbox."""
+        if artifacts_dir is not None:
+            export_target(self.run_dir, artifacts_dir)
         overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
         self.run_dir.add_secrets_from_env(overrides)
         if llm is None and self.llm is None:
@@ -429,6 +442,8 @@ class EnvSession:
             self.close()
             with contextlib.suppress(OSError, ValueError):  # a report is a convenience
                 write_report(self.run_dir.path)
+        if artifacts_dir is not None:
+            result.artifacts_dir = export_env_api(self.run_dir, artifacts_dir)
         return result
 
     def _evaluate_once(self, p: Pass, mode: str, overrides: Mapping[str, str]) -> EvaluationResult:

@@ -8,6 +8,7 @@ Bad input fails here, before any container starts: a broken ``pipeline.yml`` or
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -96,6 +97,16 @@ def setup(
     unknown = [k for k in opencode if not (k.startswith("opencode_") or k in _AGENT_KEYS)]
     if unknown:
         raise TypeError(f"setup() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if opencode.get("opencode_url"):
+        # A server we did not start edits whatever directory it was started in, outside any
+        # sandbox: the scope promise (only the contract comes back) could not hold. Warn
+        # rather than fail, so the predecessor's calls keep working.
+        warnings.warn(
+            "opencode_url is ignored: the agent always runs in its own sandbox "
+            "(docs/agent.md, Limits)",
+            UserWarning,
+            stacklevel=2,
+        )
 
     repo = resolve_target(
         target, clones_dir=Path(clones_dir).expanduser() if clones_dir else None, offline=offline

@@ -25,6 +25,10 @@ RC_TIMEOUT = 124
 """Exit code recorded when a stage's total time budget is used up before a command."""
 
 Progress = Callable[[str], None]
+#: A running command's last line is reported at most this often (and only when it changed).
+LIVE_LINE_INTERVAL_S = 1.0
+#: Only the tail of the output is kept for that: the line is cut to 200 characters anyway.
+LIVE_LINE_BYTES = 4096
 
 _NETWORK_ORDER = {NetworkPolicy.NONE: 0, NetworkPolicy.LLM: 1, NetworkPolicy.EGRESS: 2}
 
@@ -168,7 +172,10 @@ def run_stage(
         for attempt in range(plan.retries + 1):
             if progress:
                 progress(f"{plan.name} [{index + 1}/{len(plan.cmds)}] $ {cmd}")
-            result = _run_one(sandbox, plan, cmd, policy, started, prelude if index == 0 else "")
+            tail = LiveTail(plan.name, progress, run_dir.redact) if progress else None
+            result = _run_one(
+                sandbox, plan, cmd, policy, started, prelude if index == 0 else "", tail
+            )
             results.append(result)
             run_dir.record_command(record_dir, plan.name, index, attempt, cmd, _record(result))
             if result.rc == 0 and not result.timed_out:
@@ -195,8 +202,49 @@ def run_stage(
     return stage
 
 
+class LiveTail:
+    """Reports the last line a running command printed, so a long stage shows it is alive.
+
+    At most one progress line per ``interval`` seconds, only when the line changed, as
+    ``"<stage> | <line>"``, redacted like every run-dir file (the raw output is never
+    written anywhere unmasked).
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        progress: Progress,
+        redact: Callable[[str], str],
+        interval: float = LIVE_LINE_INTERVAL_S,
+    ) -> None:
+        self._stage, self._progress, self._redact = stage, progress, redact
+        self._interval = interval
+        self._pending = b""
+        self._last_sent = ""
+        self._next_at = 0.0
+
+    def __call__(self, _stream: int, data: bytes) -> None:
+        self._pending = (self._pending + data)[-LIVE_LINE_BYTES:]
+        now = time.monotonic()
+        if now < self._next_at:
+            return
+        lines = [ln for ln in self._pending.split(b"\n")[:-1] if ln.strip()]
+        if not lines:
+            return
+        line = self._redact(lines[-1].decode(errors="replace").strip())[:200]
+        if line != self._last_sent:
+            self._last_sent, self._next_at = line, now + self._interval
+            self._progress(f"{self._stage} | {line}")
+
+
 def _run_one(
-    sandbox: Sandbox, plan: StagePlan, cmd: str, policy: CommandPolicy, started: float, prelude: str
+    sandbox: Sandbox,
+    plan: StagePlan,
+    cmd: str,
+    policy: CommandPolicy,
+    started: float,
+    prelude: str,
+    on_output: Callable[[int, bytes], None] | None = None,
 ) -> CmdResult:
     try:
         policy.check(cmd, stage=plan.name)
@@ -213,7 +261,11 @@ def _run_one(
     # Output is captured capped in memory and written (redacted) by artifacts.py; it is
     # never streamed raw into the run dir, where a secret could land unmasked.
     res = sandbox.exec(
-        f"{prelude}\n{cmd}" if prelude else cmd, env=plan.env, cwd=plan.cwd, timeout=timeout
+        f"{prelude}\n{cmd}" if prelude else cmd,
+        env=plan.env,
+        cwd=plan.cwd,
+        timeout=timeout,
+        on_output=on_output,
     )
     return CmdResult(
         cmd,

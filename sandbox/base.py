@@ -7,7 +7,7 @@ for every exit code, and raises only when the infrastructure failed.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,11 +117,14 @@ class Sandbox(Protocol):
         timeout: float | None = None,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
         stream_to: Path | None = None,
+        on_output: Callable[[int, bytes], None] | None = None,
     ) -> ExecResult:
         """Run ``command`` with ``sh -c`` semantics; kill the whole process tree on timeout.
 
         ``stream_to``: a host folder; full output is written to ``stdout.txt``/``stderr.txt``
         there while it runs (memory stays capped at ``output_limit``).
+        ``on_output``: called with (1 or 2, bytes) as output arrives, for live progress;
+        an exception there stops the calls, never the command.
         """
         ...
 

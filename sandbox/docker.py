@@ -35,7 +35,7 @@ from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
 from .images import ensure_image
 from .network import NetworkSwitch
-from .output import OutputSink
+from .output import OutputCallback, OutputSink
 
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CA_ENV = (
@@ -270,6 +270,7 @@ class DockerSandbox:
         timeout: float | None = None,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
         stream_to: Path | None = None,
+        on_output: OutputCallback | None = None,
     ) -> ExecResult:
         self._check_open()
         marker = uuid.uuid4().hex
@@ -284,7 +285,7 @@ class DockerSandbox:
                 environment=[f"{k}={v}" for k, v in full_env.items()],
                 workdir=workdir,
             )["Id"]
-        sink = OutputSink(output_limit, stream_to)
+        sink = OutputSink(output_limit, stream_to, on_output)
         timed_out = False
         try:
             with engine_errors("exec start"):

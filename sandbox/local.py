@@ -26,7 +26,7 @@ from . import procs
 from .archive import pack_path, safe_extract
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .errors import SandboxClosed, SandboxError
-from .output import OutputSink
+from .output import OutputCallback, OutputSink
 
 
 class LocalSandbox:
@@ -100,12 +100,13 @@ class LocalSandbox:
         timeout: float | None = None,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
         stream_to: Path | None = None,
+        on_output: OutputCallback | None = None,
     ) -> ExecResult:
         self._check_open()
         marker = uuid.uuid4().hex
         full_env = {**os.environ, **dict(self.spec.env), **(env or {}), procs.MARKER_VAR: marker}
         workdir = self._path(cwd) if cwd else Path(self.workspace)
-        sink = OutputSink(output_limit, stream_to)
+        sink = OutputSink(output_limit, stream_to, on_output)
         lock = threading.Lock()
         started = time.monotonic()
         try:

@@ -7,15 +7,22 @@ Truncation is flagged, never silent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+#: Called with (stream id, bytes) as output arrives: 1 stdout, 2 stderr.
+OutputCallback = Callable[[int, bytes], None]
 
 
 class OutputSink:
     """Keeps the first ``limit`` bytes of each stream; streams everything to files if asked."""
 
-    def __init__(self, limit: int, stream_to: Path | None = None) -> None:
+    def __init__(
+        self, limit: int, stream_to: Path | None = None, on_output: OutputCallback | None = None
+    ) -> None:
         self.limit = max(0, limit)
+        self._on_output = on_output
         self._kept: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         self.total: dict[int, int] = {1: 0, 2: 0}
         self.truncated = False
@@ -39,6 +46,11 @@ class OutputSink:
         fh = self._files.get(stream_id)
         if fh is not None:
             fh.write(data)
+        if self._on_output is not None:
+            try:
+                self._on_output(stream_id, data)
+            except Exception:  # a watcher's bug must not break the command it watches
+                self._on_output = None
 
     def text(self, stream_id: int) -> str:
         return self._kept[stream_id].decode("utf-8", errors="replace")

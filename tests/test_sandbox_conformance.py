@@ -135,6 +135,24 @@ def test_open_file_streams_a_file_and_never_follows_links(sb: Sandbox) -> None:
     assert sb.exec("true").exit_code == 0  # the sandbox is still usable after all that
 
 
+def test_on_output_sees_output_as_it_arrives_and_cannot_break_the_command(sb: Sandbox) -> None:
+    seen: list[tuple[int, bytes]] = []
+    res = sb.exec("echo one; echo two >&2; echo three", on_output=lambda s, d: seen.append((s, d)))
+    assert res.exit_code == 0
+    assert b"".join(d for s, d in seen if s == 1) == b"one\nthree\n"
+    assert b"".join(d for s, d in seen if s == 2) == b"two\n"
+
+    calls = []
+
+    def broken(stream: int, data: bytes) -> None:
+        calls.append(data)
+        raise RuntimeError("watcher bug")
+
+    res = sb.exec("echo a; sleep 0.2; echo b; exit 4", on_output=broken)
+    assert res.exit_code == 4 and res.stdout == "a\nb\n"
+    assert len(calls) == 1  # called once, then left alone
+
+
 def test_read_file_never_follows_links(sb: Sandbox) -> None:
     sb.exec("ln -s /etc/passwd passwd_link")
     with pytest.raises(FileNotFoundError):

@@ -196,6 +196,14 @@ def test_missing_contract_says_how_to_write_one(tmp_path: Path) -> None:
         runner_env.setup(repo)
 
 
+def test_opencode_url_is_ignored_out_loud(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    with pytest.warns(UserWarning, match="opencode_url is ignored") as caught:
+        sess = runner_env.setup(repo, opencode_url="http://127.0.0.1:4096")
+    assert caught[0].filename == __file__  # points at the caller's line
+    sess.close()
+
+
 def test_local_backend_only_by_name(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     sess = runner_env.setup(repo, sandbox="local")
@@ -312,3 +320,60 @@ def test_audit_flags_a_hard_coded_score_and_warn_only_records_it(
     res = warn.evaluate(llm="m", repair_iters=0)
     assert res.ok
     assert list(warn.artifacts_dir.glob("env_api/*/evaluation_audit_error.txt"))
+
+
+def test_artifacts_dir_of_a_call_gets_a_copy_of_its_records(
+    tmp_path: Path, default_image: str
+) -> None:
+    """The predecessor's ``artifacts_dir=`` on rollout/evaluate: the records land there too."""
+    repo = make_repo(tmp_path / "repo")
+    export = tmp_path / "exported"
+    with runner_env.setup(repo) as sess:
+        with pytest.raises(ValueError, match="inside the run dir"):
+            sess.rollout(llm="m", artifacts_dir=sess.artifacts_dir / "env_api", repair_iters=0)
+        assert not (sess.artifacts_dir / "env_api" / "rollout_attempt_01").exists()  # refused first
+        roll = sess.rollout(llm="m", require_samples=True, artifacts_dir=export, repair_iters=0)
+        assert roll.ok, roll.reason
+        assert roll.artifacts_dir == export.resolve()
+        assert (export / "rollout_attempt_01" / "rollout_stdout.txt").is_file()
+        res = sess.evaluate(artifacts_dir=str(export), repair_iters=0)
+    assert res.ok, res.reason
+    assert res.artifacts_dir == export.resolve()
+    assert (export / "evaluation_attempt_01" / "evaluation_summary.json").is_file()
+    assert (export / "final_teardown").is_dir()
+    # The run dir is still the record; the export is a copy of it.
+    recorded = sess.artifacts_dir / "env_api" / "rollout_attempt_01" / "rollout_stdout.txt"
+    assert (
+        recorded.read_bytes() == (export / "rollout_attempt_01" / "rollout_stdout.txt").read_bytes()
+    )
+
+
+def test_a_running_command_reports_its_latest_line_masked(
+    tmp_path: Path, default_image: str
+) -> None:
+    """Long stages show they are alive: the last printed line reaches ``progress``."""
+    key = "sk-live-" + os.urandom(8).hex()
+    rollout = (
+        'for i in 1 2 3; do echo "step-$i"; sleep 1.3; done\n'
+        'echo "key is $FSM_TEST_API_KEY"; sleep 1.3\n'
+        + textwrap.dedent(
+            """\
+            python3 - <<'PY'
+            import json
+            row = {"prompt": "p", "completion": "c", "reward": 1}
+            open("samples.jsonl", "w").write(json.dumps(row) + "\\n")
+            json.dump({"paths": {"samples_jsonl": "samples.jsonl"}},
+                      open(".aider_fsm/rollout.json", "w"))
+            PY
+            """
+        )
+    )
+    repo = make_repo(tmp_path / "repo", rollout=rollout)
+    lines: list[str] = []
+    with runner_env.setup(repo, progress=lines.append) as sess:
+        roll = sess.rollout(llm="m", env_overrides={"FSM_TEST_API_KEY": key}, repair_iters=0)
+    assert roll.ok, roll.reason
+    live = [line for line in lines if line.startswith("rollout | ")]
+    assert live[:3] == ["rollout | step-1", "rollout | step-2", "rollout | step-3"], lines
+    assert "rollout | key is ***" in live, live
+    assert not any(key in line for line in lines)
