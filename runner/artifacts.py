@@ -1,9 +1,12 @@
-"""The run directory: run ids, layout, writers and secret redaction.
+"""The run directory: run ids, layout and writers.
 
 Only this module writes into ``<repo>/.aider_fsm/artifacts/<run_id>/``, so one place
 decides what a file may contain: every text passes :meth:`RunDir.redact` first, long
 texts are capped with a visible marker (never silently), and writes are atomic (temp
 file + rename) so a reader such as ``fsm-runner runs`` never sees half a file.
+
+What counts as a secret lives in :mod:`runner.redaction` and reading run dirs back in
+:mod:`runner.run_listing`; their public names are re-exported here for callers.
 
 Run ids carry a random suffix and are claimed with ``mkdir(exist_ok=False)``: the
 predecessor's one-second ids let two sessions on one repo share a directory
@@ -23,42 +26,38 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
 
 from runner.errors import ContractError
+from runner.redaction import MIN_SECRET_LEN, REDACTED, SecretRedactor, mask_env, secret_key
+from runner.run_listing import EVENTS_FILE, RUN_ID_RE, RunInfo, list_runs
+
+__all__ = [
+    "EVENTS_FILE",
+    "MAX_EVENT_FIELD_CHARS",
+    "MAX_TEXT_CHARS",
+    "MIN_SECRET_LEN",
+    "REDACTED",
+    "RUN_ID_RE",
+    "SCRUB_CHUNK_BYTES",
+    "SCRUB_WHOLE_BYTES",
+    "CommandRecord",
+    "RunDir",
+    "RunInfo",
+    "SecretRedactor",
+    "cap_text",
+    "list_runs",
+    "mask_env",
+    "new_run_id",
+    "secret_key",
+]
 
 MAX_TEXT_CHARS = 2_000_000
 """Cap of every text file, as in the predecessor; the excess is cut out of the middle."""
 MAX_EVENT_FIELD_CHARS = 4_000
 """Cap of one string field in events.jsonl: full texts belong in files, not in the log."""
-MIN_SECRET_LEN = 4
-REDACTED = "***"
 SCRUB_WHOLE_BYTES = 16 * 1024 * 1024
 """Files up to this size are scrubbed in one read; larger ones in chunks."""
 SCRUB_CHUNK_BYTES = 4 * 1024 * 1024
-EVENTS_FILE = "events.jsonl"
-RUN_ID_RE = re.compile(r"^(\d{8}_\d{6})(?:_[0-9a-f]{6})?$")
-"""Our ids (``YYYYmmdd_HHMMSS_<6 hex>``) and the predecessor's (no suffix)."""
 
 _CREATE_ATTEMPTS = 64
-_SECRET_KEY_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "PWD")
-# The shell's working directories match "PWD" but are paths, and masking a path would
-# mangle every log line that mentions it.
-_NOT_SECRET_KEYS = frozenset({"PWD", "OLDPWD"})
-# Values that keys like OPENAI_API_KEY=EMPTY (vLLM) or TOKENIZERS_PARALLELISM=false carry:
-# masking them everywhere would garble logs ("localhost" -> "***host") and hide nothing.
-_PLACEHOLDERS = frozenset(
-    {"none", "null", "true", "false", "local", "dummy", "empty", "unset"}
-    | {"disabled", "enabled", "auto"}
-)
-_NUMERIC_RE = re.compile(r"[\d.]+")
-_TOKEN_PREFIXES = r"(?:sk-|hf_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-|xox[abprs]-)"
-_TOKEN_VALUE_RE = re.compile(rf"(?:Bearer\s+)?({_TOKEN_PREFIXES}[A-Za-z0-9_\-]{{8,}})")
-# Well-known token shapes are masked even when nobody registered them (a key read from a
-# .env inside the sandbox, say). Long minimum lengths keep "sk-learn" and "hf_hub" intact.
-_TOKEN_TEXT = (
-    r"\b(?:sk-[A-Za-z0-9_\-]{20,}|hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}"
-    r"|github_pat_[A-Za-z0-9_]{30,})"
-)
-_TOKEN_TEXT_RE = re.compile(_TOKEN_TEXT)
-_TOKEN_BYTES_RE = re.compile(_TOKEN_TEXT.encode())
 _STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -74,41 +73,6 @@ class CommandRecord:
     oom_killed: bool = False
     truncated: bool = False
     blocked_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A run dir as ``fsm-runner runs`` lists it."""
-
-    run_id: str
-    path: Path
-    started_at: datetime
-    """From the run id (UTC)."""
-    status: str
-    """The last transition's target state, else the last event's kind, else "no events"."""
-    ok: bool | None
-    """``ok`` of the last rollout_end/evaluation_end event; None when there is none."""
-    events: int
-    """Parseable lines in events.jsonl (partial or corrupt lines are skipped)."""
-    last_ts: str | None = None
-
-
-def secret_key(name: str) -> bool:
-    """A variable whose name says it holds a secret (``*KEY*``, ``*TOKEN*``, ``*PASSWORD*``...)."""
-    upper = name.upper()
-    return upper not in _NOT_SECRET_KEYS and any(part in upper for part in _SECRET_KEY_PARTS)
-
-
-def mask_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` for a record: values of secret-looking keys become ``***`` (placeholders stay)."""
-    return {
-        k: REDACTED
-        if secret_key(k)
-        and len(v.strip()) >= MIN_SECRET_LEN
-        and v.strip().lower() not in _PLACEHOLDERS
-        else v
-        for k, v in env.items()
-    }
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -145,9 +109,7 @@ class RunDir:
         self.run_id = run_id
         self.path = path
         self._lock = threading.RLock()
-        self._secrets: set[str] = set()
-        self._text_re: re.Pattern[str] | None = None
-        self._bytes_re: re.Pattern[bytes] | None = None
+        self._redactor = SecretRedactor()
 
     @classmethod
     def create(cls, repo_root: Path, *, base: Path | None = None) -> RunDir:
@@ -181,64 +143,22 @@ class RunDir:
 
     def add_secret(self, value: str) -> None:
         """Mask ``value`` in everything written from now on (short and placeholder values are ignored)."""
-        core = value.strip()
-        if (
-            len(core) < MIN_SECRET_LEN
-            or core.lower() in _PLACEHOLDERS
-            or _NUMERIC_RE.fullmatch(core)
-        ):
-            return
-        # The JSON-escaped form is what a secret containing quotes or backslashes looks
-        # like inside a serialised object.
-        variants = {value, core, json.dumps(core, ensure_ascii=False)[1:-1]}
-        with self._lock:
-            self._secrets.update(v for v in variants if len(v) >= MIN_SECRET_LEN)
-            self._text_re = self._bytes_re = None
+        self._redactor.add_secret(value)
 
     def add_secrets_from_env(self, env: Mapping[str, str]) -> None:
         """Register values of secret-looking keys (the predecessor's list) and token-shaped values."""
-        for key, value in env.items():
-            if secret_key(key):
-                self.add_secret(value)
-            token = _TOKEN_VALUE_RE.fullmatch(value.strip())
-            if token:
-                self.add_secret(value)
-                self.add_secret(token.group(1))
-
-    def _patterns(self) -> tuple[re.Pattern[str] | None, re.Pattern[bytes] | None]:
-        with self._lock:
-            if self._text_re is None and self._secrets:
-                # Longest first: a secret that is a prefix of another must not leave a tail.
-                ordered = sorted(self._secrets, key=len, reverse=True)
-                self._text_re = re.compile("|".join(re.escape(s) for s in ordered))
-                self._bytes_re = re.compile(b"|".join(re.escape(s.encode()) for s in ordered))
-            return self._text_re, self._bytes_re
+        self._redactor.add_secrets_from_env(env)
 
     def redact(self, text: str) -> str:
         """Every registered secret and every well-known token shape becomes ``***``."""
-        text_re, _ = self._patterns()
-        if text_re is not None:
-            text = text_re.sub(REDACTED, text)
-        return _TOKEN_TEXT_RE.sub(REDACTED, text)
+        return self._redactor.redact(text)
 
     def redact_bytes(self, data: bytes) -> bytes:
         """:meth:`redact` for raw bytes (secrets matched in their UTF-8 form)."""
-        _, bytes_re = self._patterns()
-        if bytes_re is not None:
-            data = bytes_re.sub(REDACTED.encode(), data)
-        return _TOKEN_BYTES_RE.sub(REDACTED.encode(), data)
+        return self._redactor.redact_bytes(data)
 
     def _redact_obj(self, obj: object) -> object:
-        if isinstance(obj, str):
-            return self.redact(obj)
-        if isinstance(obj, Mapping):
-            return {
-                (self.redact(k) if isinstance(k, str) else k): self._redact_obj(v)
-                for k, v in obj.items()
-            }
-        if isinstance(obj, list | tuple | set | frozenset):
-            return [self._redact_obj(v) for v in obj]
-        return obj
+        return self._redactor.redact_obj(obj)
 
     # -- paths and writers -----------------------------------------------------------
 
@@ -353,7 +273,7 @@ class RunDir:
 
     def _scrub_large(self, path: Path) -> int:
         """Redact a big file in bounded memory: chunks overlapping by the longest secret."""
-        overlap = max((len(s.encode()) for s in self._secrets), default=0) + 64
+        overlap = self._redactor.longest_secret_bytes() + 64
         tmp = path.with_name(path.name + ".scrub")
         found = False
         with open(path, "rb") as src, open(tmp, "wb") as dst:
@@ -449,52 +369,3 @@ class RunDir:
             raise ValueError(f"stage name {stage!r} cannot be used in a file name")
         summary = {"ok": ok, "failed_index": failed_index, "total_results": total_results}
         return self.write_json(Path(dir) / f"{stage}_summary.json", summary)
-
-
-def _read_events(path: Path) -> tuple[int, dict[str, object] | None, bool | None]:
-    """Count parseable lines; return the last one and the last rollout/evaluation ``ok``."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return 0, None, None
-    count, last, ok = 0, None, None
-    for line in raw.decode("utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a partial line from a crash, or a corrupt one
-        if not isinstance(rec, dict):
-            continue
-        count, last = count + 1, rec
-        if rec.get("kind") in ("rollout_end", "evaluation_end") and isinstance(rec.get("ok"), bool):
-            ok = rec["ok"]
-    return count, last, ok
-
-
-def list_runs(repo_root: Path, base: Path | None = None) -> list[RunInfo]:
-    """Run dirs under ``base`` (default ``<repo>/.aider_fsm/artifacts``), newest first."""
-    root = base if base is not None else repo_root / ".aider_fsm" / "artifacts"
-    if not root.is_dir():
-        return []
-    found: list[tuple[tuple[str, float], RunInfo]] = []
-    for path in root.iterdir():
-        match = RUN_ID_RE.fullmatch(path.name)
-        if not match or not path.is_dir():
-            continue
-        started = datetime.strptime(match.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
-        events = path / EVENTS_FILE
-        count, last, ok = _read_events(events)
-        if last is None:
-            status = "no events"
-        elif last.get("kind") == "transition" and last.get("to_state"):
-            status = str(last["to_state"])
-        else:
-            status = str(last.get("kind", "unknown"))
-        ts = last.get("ts") if last else None
-        info = RunInfo(
-            path.name, path, started, status, ok, count, ts if isinstance(ts, str) else None
-        )
-        mtime = (events if events.exists() else path).stat().st_mtime
-        found.append(((match.group(1), mtime), info))
-    found.sort(key=lambda item: item[0], reverse=True)
-    return [info for _, info in found]
