@@ -10,12 +10,20 @@ Every target command runs inside a disposable Docker container.
 """
 
 from runner.batch import Job, JobResult, run_many
-from runner.errors import ContractError, PolicyViolation, RunnerError, SandboxError, TargetError
+from runner.errors import (
+    AgentError,
+    ContractError,
+    PolicyViolation,
+    RunnerError,
+    SandboxError,
+    TargetError,
+)
 from runner.results import EvaluationResult, RolloutResult
 from runner.session import EnvSession
 from runner.setup import setup
 
 __all__ = [
+    "AgentError",
     "ContractError",
     "EnvSession",
     "EvaluationResult",

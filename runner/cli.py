@@ -148,7 +148,16 @@ def run(
     ],
     llm: Annotated[str, typer.Option(help="Model id, or a local model directory.")] = "none",
     mode: Annotated[Literal["smoke", "full"], typer.Option()] = "smoke",
-    repair_iters: Annotated[int, typer.Option(min=0, help="Agent repairs per call.")] = 0,
+    repair_iters: Annotated[
+        int, typer.Option(min=0, help="Agent repairs per call (needs --opencode-model).")
+    ] = 0,
+    opencode_model: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PROVIDER/MODEL",
+            help="Model of the OpenCode agent: writes a missing contract, repairs a failing one.",
+        ),
+    ] = None,
     require_samples: Annotated[bool, typer.Option(help="Check the samples JSONL.")] = False,
     sandbox: Annotated[Literal["docker", "local"], typer.Option()] = "docker",
     image: Annotated[str | None, typer.Option(help="A local image instead of the default.")] = None,
@@ -181,6 +190,7 @@ def run(
             network=network,
             env_file=env_file,
             cache=cache,
+            opencode_model=opencode_model or "",
         )
         view.begin(sess)
         try:

@@ -71,3 +71,34 @@ def test_evaluate_repairs_a_buggy_evaluation(
     assert res.ok, res.reason
     assert (sess.artifacts_dir / "repair_01" / "repair_provenance.json").is_file()
     assert "rollout.jsn" not in (repo / script).read_text()
+
+
+def test_cli_run_repairs_only_with_an_agent_model(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    opencode_on_path: Path,
+    default_image: str,
+) -> None:
+    """``fsm-runner run --repair-iters 1`` repairs when ``--opencode-model`` names the agent."""
+    from runner.cli import main
+
+    def run(*args: str) -> int:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", str(repo), "--llm", "m", "--json", "-q", *args])
+        capsys.readouterr()
+        return int(exit_info.value.code or 0)
+
+    monkeypatch.setenv("FSM_OPENCODE_BIN", str(opencode_on_path))
+    repo = cr.make_repo(tmp_path / "repo", evaluation=BUGGY_EVALUATION)
+    script = ".aider_fsm/stages/evaluation.sh"
+    fix = [
+        tool("read", filePath=script),
+        tool("edit", filePath=script, oldString="rollout.jsn", newString="rollout.json"),
+    ]
+    assert run("--repair-iters", "1") == 1  # no agent model: nothing to repair with
+    assert "rollout.jsn" in (repo / script).read_text()
+    with ScriptedModelServer(script=turns(lambda _: fix)) as server:
+        monkeypatch.setenv("OPENAI_API_BASE", server.url)
+        assert run("--repair-iters", "1", "--opencode-model", MODEL) == 0
+    assert "rollout.jsn" not in (repo / script).read_text()
