@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import UnsafeArchive
 
@@ -253,17 +253,17 @@ class ChunkStream(io.RawIOBase):
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self._pending = b""
+        self._pending = memoryview(b"")  # a view: taking a piece copies nothing
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:  # a writable buffer (bytearray, memoryview)
         while not self._pending:
             chunk = next(self._chunks, None)
             if chunk is None:
                 return 0
-            self._pending = chunk
+            self._pending = memoryview(chunk)
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
