@@ -116,7 +116,7 @@ def _plan(
         llm_env={},
         seed=ctx.options.seed,
     )
-    env.update(helper_env(ctx.runner_root))
+    env.update(helper_env(ctx.runner_root, env.get("PYTHONPATH")))
     env.update(ctx.options.extra_env)
     return StagePlan(
         name="bootstrap",

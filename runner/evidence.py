@@ -29,9 +29,13 @@ def runner_package_dir() -> Path:
     return Path(runner.__file__).resolve().parent
 
 
-def helper_env(root: str) -> dict[str, str]:
-    """Env that makes ``python -m runner.generic_evaluation`` and the documented script paths work."""
-    return {"AIDER_FSM_RUNNER_ROOT": root, "PYTHONPATH": root}
+def helper_env(root: str, pythonpath: str | None = None) -> dict[str, str]:
+    """Env that makes ``python -m runner.generic_evaluation`` and the documented script paths work.
+
+    ``pythonpath`` (the contract's own, e.g. from bootstrap.yml) is kept after ours.
+    """
+    path = f"{root}:{pythonpath}" if pythonpath and pythonpath != root else root
+    return {"AIDER_FSM_RUNNER_ROOT": root, "PYTHONPATH": path}
 
 
 def trace_env(root: str) -> dict[str, str]:

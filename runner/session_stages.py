@@ -160,7 +160,7 @@ def plan_pipeline_stage(
         llm_env=stage_llm_env,
         seed=ctx.options.seed,
     )
-    env.update(helper_env(ctx.runner_root))
+    env.update(helper_env(ctx.runner_root, env.get("PYTHONPATH")))
     env.update(ctx.options.extra_env)
     if name == "evaluation":
         env.update(ctx.hints)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -94,9 +95,15 @@ def setup(
     cache = _choice("cache", cache, get_args(CacheMode))  # type: ignore[assignment]
     if network is not None:
         _choice("network", network, ("none", "llm", "egress"))
-    unknown = [k for k in opencode if not (k.startswith("opencode_") or k in _AGENT_KEYS)]
+    unknown = sorted(k for k in opencode if k not in _AGENT_KEYS)
     if unknown:
-        raise TypeError(f"setup() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        hints = [
+            f"{k} (did you mean {close[0]}?)"
+            if (close := get_close_matches(k, _AGENT_KEYS, 1))
+            else k
+            for k in unknown
+        ]
+        raise TypeError(f"setup() got unexpected keyword argument(s): {', '.join(hints)}")
     if opencode.get("opencode_url"):
         # A server we did not start edits whatever directory it was started in, outside any
         # sandbox: the scope promise (only the contract comes back) could not hold. Warn
@@ -172,7 +179,26 @@ def setup(
     )
 
 
-_AGENT_KEYS = frozenset({"strict_opencode", "scaffold_opencode_bash"})
+#: The predecessor's agent options (notes/predecessor.md 1.1): all accepted so its calls
+#: keep working, a few acted on (docs/api.md); any other name is a typo and refused.
+_AGENT_KEYS = frozenset(
+    {
+        "opencode_model",
+        "opencode_repair_model",
+        "opencode_url",
+        "opencode_timeout_seconds",
+        "opencode_repair_timeout_seconds",
+        "opencode_retry_attempts",
+        "opencode_retry_backoff_seconds",
+        "opencode_session_recover_attempts",
+        "opencode_session_recover_backoff_seconds",
+        "opencode_context_length",
+        "opencode_max_prompt_chars",
+        "opencode_bash",
+        "scaffold_opencode_bash",
+        "strict_opencode",
+    }
+)
 
 
 def _refuse_outside_link(repo_root: Path, path: Path) -> None:

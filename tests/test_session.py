@@ -251,11 +251,12 @@ def test_stage_env_carries_aider_variables_as_seen_inside(
     tmp_path: Path, default_image: str
 ) -> None:
     rollout = """\
-    env | grep -E '^(AIDER_|OPENAI_MODEL)' | sort > "$AIDER_FSM_ARTIFACTS_DIR/env.txt"
+    env | grep -E '^(AIDER_|OPENAI_MODEL|PYTHONPATH)' | sort > "$AIDER_FSM_ARTIFACTS_DIR/env.txt"
     printf '%s\\n' '{"prompt":"p","completion":"c","reward":1}' > s.jsonl
     echo '{"paths":{"samples_jsonl":"s.jsonl"}}' > .aider_fsm/rollout.json
     """
-    repo = make_repo(tmp_path / "repo", rollout=rollout)
+    bootstrap = "version: 1\ncmds: ['true']\nenv:\n  AIDER_FSM_PYTHON: python3\n  PYTHONPATH: src\n"
+    repo = make_repo(tmp_path / "repo", rollout=rollout, bootstrap=bootstrap)
     with runner_env.setup(repo) as sess:
         roll = sess.rollout(llm="model-x", mode="full", require_samples=True, repair_iters=0)
         assert roll.ok, roll.reason
@@ -272,6 +273,8 @@ def test_stage_env_carries_aider_variables_as_seen_inside(
     assert env["OPENAI_MODEL"] == "model-x"
     assert env["AIDER_RUNTIME_ENV_PATH"] == "/workspace/.aider_fsm/runtime_env.json"
     assert env["AIDER_FSM_PYTHON"] == "python3"
+    # The runner's helpers first, the contract's own path kept after them.
+    assert env["PYTHONPATH"] == "/opt/fsm-runner:src"
 
 
 def test_forgotten_session_is_closed_by_garbage_collection(
@@ -377,3 +380,10 @@ def test_a_running_command_reports_its_latest_line_masked(
     assert live[:3] == ["rollout | step-1", "rollout | step-2", "rollout | step-3"], lines
     assert "rollout | key is ***" in live, live
     assert not any(key in line for line in lines)
+
+
+def test_misspelt_agent_option_is_refused_with_the_closest_name(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    with pytest.raises(TypeError, match=r"opencode_modle \(did you mean opencode_model\?\)"):
+        runner_env.setup(repo, opencode_modle="openai/gpt-4o")
+    runner_env.setup(repo, opencode_retry_attempts=3).close()  # the predecessor's, accepted
