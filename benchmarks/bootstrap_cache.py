@@ -18,16 +18,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
-
 import runner_env
 from benchmarks.common import (
     Comparison,
     Stats,
-    machine_facts,
-    print_comparisons,
+    report_comparison,
     run_interleaved,
-    save_result,
 )
 from sandbox.snapshots import LABEL_SNAPSHOT_KEY, prune_snapshots
 
@@ -118,9 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=0.1,
         notes=("cold includes committing the snapshot; both include container start/stop",),
     )
-    path = save_result(NAME, {"machine": machine_facts(), "comparisons": [comp.to_dict()]})
-    print_comparisons(f"bootstrap cache (median of {n}, interleaved)", [comp], Console())
-    print(f"saved {path}")
+    report_comparison(NAME, f"bootstrap cache (median of {n}, interleaved)", comp)
     return 0
 
 

@@ -223,6 +223,14 @@ def save_result(name: str, payload: Mapping[str, Any], directory: Path | None = 
     return path
 
 
+def report_comparison(name: str, title: str, comp: Comparison) -> Path:
+    """Save one comparison with the machine's facts, print its table and where it went."""
+    path = save_result(name, {"machine": machine_facts(), "comparisons": [comp.to_dict()]})
+    print_comparisons(title, [comp], Console())
+    print(f"saved {path}")
+    return path
+
+
 def _spread(stats: Stats) -> str:
     return f"{stats.median * 1000:.1f} ({stats.p10 * 1000:.0f}-{stats.p90 * 1000:.0f})"
 

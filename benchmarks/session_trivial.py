@@ -18,16 +18,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
-
 import runner_env
 from benchmarks.common import (
     Comparison,
     Stats,
-    machine_facts,
-    print_comparisons,
+    report_comparison,
     run_interleaved,
-    save_result,
 )
 from runner.contract import load_bootstrap
 
@@ -96,9 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=1.5,
         notes=("ours includes container start/stop, network switches, output validation, run dir",),
     )
-    path = save_result(NAME, {"machine": machine_facts(), "comparisons": [comp.to_dict()]})
-    print_comparisons(f"session overhead (median of {n}, interleaved)", [comp], Console())
-    print(f"saved {path}")
+    report_comparison(NAME, f"session overhead (median of {n}, interleaved)", comp)
     return 0
 
 

@@ -269,6 +269,7 @@ def save_snapshot(
     bootstrap_seconds: float,
     exclude: Sequence[str],
     labels: Mapping[str, str],
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """After a successful bootstrap on a miss: pack the workspace delta and commit.
 
@@ -281,6 +282,8 @@ def save_snapshot(
     if bootstrap_seconds < floor:
         plan.reason = f"bootstrap took {bootstrap_seconds:.2f} s < {floor:g} s: not worth a commit"
         return {"saved": False, "reason": plan.reason}
+    if progress:  # the commit (and a wait for another session's) takes seconds
+        progress(f"bootstrap: saving snapshot {plan.key[:12]}")
     start = time.monotonic()
     try:
         with snapshot_lock(plan.key):

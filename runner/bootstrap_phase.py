@@ -12,12 +12,7 @@ import os
 import time
 
 from runner.actions import run_actions
-from runner.bootstrap_cache import (
-    CachePlan,
-    commit_min_seconds,
-    mark_bootstrap_start,
-    save_snapshot,
-)
+from runner.bootstrap_cache import CachePlan, mark_bootstrap_start, save_snapshot
 from runner.contract import ActionsSpec, BootstrapSpec, absolutize_env_paths, expand_env
 from runner.evidence import helper_env
 from runner.outputs_io import FIXED_OUTPUTS
@@ -143,14 +138,13 @@ def _restore(ctx: StageContext, cache: CachePlan | None) -> bool:
 
 
 def _save(ctx: StageContext, cache: CachePlan, seconds: float) -> None:
-    if seconds >= commit_min_seconds():  # else save_snapshot declines: say why, after
-        ctx.say(f"bootstrap: saving snapshot {cache.key[:12]}")
     record = save_snapshot(
         cache,
         ctx.sandbox,
         bootstrap_seconds=seconds,
         exclude=(".aider_fsm/artifacts", *FIXED_OUTPUTS),
         labels={"fsm-runner.bootstrap-repo": str(ctx.repo_root)},
+        progress=ctx.say,
     )
     if not record.get("saved"):
         ctx.say(f"bootstrap: not cached ({record.get('reason')})")

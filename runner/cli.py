@@ -181,6 +181,7 @@ def run(
     view = StageView(err, "quiet" if quiet else view_style(err))
     sess: EnvSession | None = None
     interrupted = False
+    agent_options: dict[str, Any] = {"opencode_model": opencode_model} if opencode_model else {}
     try:
         sess = runner_env.setup(
             target,
@@ -190,7 +191,7 @@ def run(
             network=network,
             env_file=env_file,
             cache=cache,
-            opencode_model=opencode_model or "",
+            **agent_options,
         )
         view.begin(sess)
         try:

@@ -33,7 +33,7 @@ from runner.manifest import (
     run_dir_files,
     sha256_file,
 )
-from runner.outputs_io import FIXED_OUTPUTS, max_copy_bytes, to_sandbox_rel
+from runner.outputs_io import FIXED_OUTPUTS, ROLLOUT_JSON, max_copy_bytes, to_sandbox_rel
 from runner.report import command_row, read_events
 from runner.stage_env import DETERMINISM_DEFAULTS, SEED_VAR, derive_seed
 from sandbox import OMITTED_SUFFIX, SandboxSpec
@@ -45,9 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fsm_runner")
 
-ROLLOUT_REL = ".aider_fsm/rollout.json"
 DEFAULT_METRICS_REL = ".aider_fsm/metrics.json"
-"""A samples file the session did not bring back is copied at close only up to this size."""
 _HASH_FIELDS = frozenset({"sha256", "stdout_sha256", "stderr_sha256", "workspace_sha256"})
 
 
@@ -106,7 +104,7 @@ def collect_samples(run_dir: RunDir, sandbox: Sandbox | None) -> None:
         return
     try:
         dirs = _pass_dirs(read_events(run_dir.path))
-        rollout = _latest_output(run_dir.path, dirs, ROLLOUT_REL)
+        rollout = _latest_output(run_dir.path, dirs, ROLLOUT_JSON)
         rel = _samples_rel(run_dir.path, rollout, sandbox.workspace) if rollout else None
         if rollout is None or rel is None:
             return
@@ -258,7 +256,7 @@ def _outputs(run_dir: Path, dirs: list[str], metrics_rel: str, workspace: str) -
     out = Outputs()
     if metrics := _latest_output(run_dir, dirs, metrics_rel):
         out.metrics = digest_entry(run_dir, metrics)
-    if rollout := _latest_output(run_dir, dirs, ROLLOUT_REL):
+    if rollout := _latest_output(run_dir, dirs, ROLLOUT_JSON):
         out.rollout = digest_entry(run_dir, rollout)
         rel = _samples_rel(run_dir, rollout, workspace)
         samples = f"{rollout.split('/outputs/', 1)[0]}/outputs/{rel}" if rel else None

@@ -18,12 +18,14 @@ from runner.errors import ContractError, RunnerError
 from sandbox import Sandbox
 
 AIDER_DIR = ".aider_fsm"
+ROLLOUT_JSON = f"{AIDER_DIR}/rollout.json"
+"""Where the rollout stage reports its samples file (a fixed path, as the predecessor's)."""
 MAX_JSON_OUTPUT = 16 * 1024 * 1024
 """Largest JSON output we read back (rollout.json, metrics.json, ...)."""
 
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "deploy_setup": (f"{AIDER_DIR}/runtime_env.json",),
-    "rollout": (f"{AIDER_DIR}/rollout.json",),
+    "rollout": (ROLLOUT_JSON,),
     "evaluation": (f"{AIDER_DIR}/hints_used.json", f"{AIDER_DIR}/hints_run.json"),
 }
 """Fixed output files each stage must write afresh (metrics paths come from the pipeline)."""

@@ -50,8 +50,9 @@ def pull_stage_files(sb: Sandbox | None, run_dir: RunDir, p: Pass) -> None:
     if rel is None:
         return
     dest = p.host_dir / "stage_files"
+    cap = max_copy_bytes()
     try:
-        written = sb.pull(rel, dest, max_file_bytes=max_copy_bytes())
+        written = sb.pull(rel, dest, max_file_bytes=cap)
     except FileNotFoundError:
         return
     except SandboxLayerError as exc:
@@ -59,7 +60,7 @@ def pull_stage_files(sb: Sandbox | None, run_dir: RunDir, p: Pass) -> None:
         return
     omitted = [name for name in written if name.endswith(OMITTED_SUFFIX)]
     if omitted:
-        run_dir.event("stage_files_omitted", pass_=p.name, files=omitted, cap=max_copy_bytes())
+        run_dir.event("stage_files_omitted", pass_=p.name, files=omitted, cap=cap)
     run_dir.scrub_tree(dest)
 
 

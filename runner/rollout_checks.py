@@ -13,7 +13,7 @@ from pathlib import Path
 from runner.artifacts import RunDir
 from runner.contract import SamplesReport, validate_rollout_manifest, validate_samples_jsonl
 from runner.errors import ContractError
-from runner.outputs_io import max_copy_bytes, to_sandbox_rel
+from runner.outputs_io import ROLLOUT_JSON, max_copy_bytes, to_sandbox_rel
 from runner.passes import Pass
 from runner.results import RolloutResult
 from sandbox import OMITTED_SUFFIX, Sandbox
@@ -31,7 +31,7 @@ def check_samples(
     if rollout_mirror is None:
         raise ContractError(
             "missing_rollout_json: the rollout stage did not write .aider_fsm/rollout.json",
-            file=".aider_fsm/rollout.json",
+            file=ROLLOUT_JSON,
         )
     outputs = p.host_dir / "outputs"
     try:
@@ -50,7 +50,7 @@ def check_samples(
         except SandboxLayerError as exc:  # a link or a fifo: never followed
             raise ContractError(
                 f"samples file refused: {exc}",
-                file=".aider_fsm/rollout.json",
+                file=ROLLOUT_JSON,
                 field="paths.samples_jsonl",
                 found=raw,
             ) from exc

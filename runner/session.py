@@ -30,6 +30,7 @@ from runner.evaluation_phase import evaluate_stages
 from runner.hints import hint_env
 from runner.llm import LlmChoice, host_endpoint, parse_llm
 from runner.manifest_builder import collect_samples, write_manifest
+from runner.outputs_io import ROLLOUT_JSON
 from runner.passes import (
     Pass,
     export_env_api,
@@ -328,7 +329,7 @@ class EnvSession:
         if not self._deployed and not self._deploy(p, mode, overrides):
             return self._fail_rollout(result, p)
         res = self._run("rollout", p, mode, overrides)
-        mirror, host = self._sync_output(".aider_fsm/rollout.json", p)
+        mirror, host = self._sync_output(ROLLOUT_JSON, p)
         result.rollout_path = host or mirror
         if res is not None and not res.ok:
             return self._fail_rollout(result, p)
@@ -477,7 +478,7 @@ class EnvSession:
             if not self._deployed and not self._deploy(p, mode, overrides):
                 return False
             roll = self._run("rollout", p, mode, overrides)
-            self._sync_output(".aider_fsm/rollout.json", p)
+            self._sync_output(ROLLOUT_JSON, p)
             if roll is not None and not roll.ok:
                 return False
             if roll is not None:

@@ -219,19 +219,20 @@ class LiveTail:
     ) -> None:
         self._stage, self._progress, self._redact = stage, progress, redact
         self._interval = interval
-        self._pending = b""
+        self._pending = {1: b"", 2: b""}  # per stream: a partial line never joins the other's
         self._last_sent = ""
         self._next_at = 0.0
 
-    def __call__(self, _stream: int, data: bytes) -> None:
-        self._pending = (self._pending + data)[-LIVE_LINE_BYTES:]
+    def __call__(self, stream: int, data: bytes) -> None:
+        pending = self._pending[stream] = (self._pending.get(stream, b"") + data)[-LIVE_LINE_BYTES:]
         now = time.monotonic()
         if now < self._next_at:
             return
-        lines = [ln for ln in self._pending.split(b"\n")[:-1] if ln.strip()]
-        if not lines:
+        complete = pending[: pending.rfind(b"\n") + 1]
+        last = next((ln for ln in reversed(complete.split(b"\n")) if ln.strip()), None)
+        if last is None:
             return
-        line = self._redact(lines[-1].decode(errors="replace").strip())[:200]
+        line = self._redact(last.decode(errors="replace").strip())[:200]
         if line != self._last_sent:
             self._last_sent, self._next_at = line, now + self._interval
             self._progress(f"{self._stage} | {line}")

@@ -25,6 +25,14 @@ pytestmark = [
 ]
 
 
+EVAL_SCRIPT = ".aider_fsm/stages/evaluation.sh"
+FIX = [
+    tool("read", filePath=EVAL_SCRIPT),
+    tool("edit", filePath=EVAL_SCRIPT, oldString="rollout.jsn", newString="rollout.json"),
+]
+"""The scripted repair of BUGGY_EVALUATION's typo."""
+
+
 @pytest.fixture(scope="module")
 def opencode_on_path() -> Path:
     return install_opencode()
@@ -57,12 +65,7 @@ def test_evaluate_repairs_a_buggy_evaluation(
 ) -> None:
     monkeypatch.setenv("FSM_OPENCODE_BIN", str(opencode_on_path))
     repo = cr.make_repo(tmp_path / "repo", evaluation=BUGGY_EVALUATION)
-    script = ".aider_fsm/stages/evaluation.sh"
-    fix = [
-        tool("read", filePath=script),
-        tool("edit", filePath=script, oldString="rollout.jsn", newString="rollout.json"),
-    ]
-    with ScriptedModelServer(script=turns(lambda _: fix)) as server:
+    with ScriptedModelServer(script=turns(lambda _: FIX)) as server:
         monkeypatch.setenv("OPENAI_API_BASE", server.url)
         without = runner_env.setup(repo, opencode_model=MODEL).evaluate(llm="m", repair_iters=0)
         assert not without.ok and without.failed_stage == "evaluation"
@@ -70,7 +73,7 @@ def test_evaluate_repairs_a_buggy_evaluation(
         res = sess.evaluate(llm="m", mode="smoke", repair_iters=1)
     assert res.ok, res.reason
     assert (sess.artifacts_dir / "repair_01" / "repair_provenance.json").is_file()
-    assert "rollout.jsn" not in (repo / script).read_text()
+    assert "rollout.jsn" not in (repo / EVAL_SCRIPT).read_text()
 
 
 def test_cli_run_repairs_only_with_an_agent_model(
@@ -91,14 +94,9 @@ def test_cli_run_repairs_only_with_an_agent_model(
 
     monkeypatch.setenv("FSM_OPENCODE_BIN", str(opencode_on_path))
     repo = cr.make_repo(tmp_path / "repo", evaluation=BUGGY_EVALUATION)
-    script = ".aider_fsm/stages/evaluation.sh"
-    fix = [
-        tool("read", filePath=script),
-        tool("edit", filePath=script, oldString="rollout.jsn", newString="rollout.json"),
-    ]
     assert run("--repair-iters", "1") == 1  # no agent model: nothing to repair with
-    assert "rollout.jsn" in (repo / script).read_text()
-    with ScriptedModelServer(script=turns(lambda _: fix)) as server:
+    assert "rollout.jsn" in (repo / EVAL_SCRIPT).read_text()
+    with ScriptedModelServer(script=turns(lambda _: FIX)) as server:
         monkeypatch.setenv("OPENAI_API_BASE", server.url)
         assert run("--repair-iters", "1", "--opencode-model", MODEL) == 0
-    assert "rollout.jsn" not in (repo / script).read_text()
+    assert "rollout.jsn" not in (repo / EVAL_SCRIPT).read_text()

@@ -52,8 +52,6 @@ __all__ = [
 #: Output JSON objects (metrics, rollout, hints) are small; a huge one is a bug.
 MAX_JSON_BYTES = 16 * 1024 * 1024
 
-_LENIENT = LENIENT_CONFIG
-
 
 def read_json_object(
     path: Path, *, missing: str, not_object: str, invalid: str = "invalid_json"
@@ -97,7 +95,7 @@ def _is_finite_number(value: object) -> TypeGuard[int | float]:
 class RuntimeEnv(BaseModel):
     """``.aider_fsm/runtime_env.json``, written by deploy. Free-form: extra keys allowed."""
 
-    model_config = _LENIENT
+    model_config = LENIENT_CONFIG
 
     service: dict[str, Any] | None = None
     """Service info, e.g. base_url, health_url."""
@@ -155,7 +153,7 @@ def load_runtime_env(path: Path) -> RuntimeEnv | None:
 class RolloutCounts(BaseModel):
     """Counters a rollout reports about itself."""
 
-    model_config = _LENIENT
+    model_config = LENIENT_CONFIG
     samples: int | None = None
     """Samples produced."""
     errors: int | None = None
@@ -173,7 +171,7 @@ def _nonblank(value: str) -> str:
 class RolloutPaths(BaseModel):
     """Where the rollout put its files."""
 
-    model_config = _LENIENT
+    model_config = LENIENT_CONFIG
     samples_jsonl: Annotated[str, AfterValidator(_nonblank)]
     """Samples JSONL path, relative to the repository root (or absolute in the sandbox)."""
 
@@ -181,7 +179,7 @@ class RolloutPaths(BaseModel):
 class RolloutManifest(BaseModel):
     """``.aider_fsm/rollout.json``. Extra keys (dataset, errors, ...) are allowed."""
 
-    model_config = _LENIENT
+    model_config = LENIENT_CONFIG
     ok: bool | None = None
     """Self-reported success (not trusted on its own)."""
     mode: str | None = None
