@@ -9,6 +9,7 @@
 Every target command runs inside a disposable Docker container.
 """
 
+from runner.api.setup import setup
 from runner.batch import Job, JobResult, run_many
 from runner.errors import (
     AgentError,
@@ -18,9 +19,8 @@ from runner.errors import (
     SandboxError,
     TargetError,
 )
-from runner.results import EvaluationResult, RolloutResult
-from runner.session import EnvSession
-from runner.setup import setup
+from runner.session.machine import EnvSession
+from runner.session.results import EvaluationResult, RolloutResult
 
 __all__ = [
     "AgentError",

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import runner_env
-from runner.results import VerificationResult
+from runner.session.results import VerificationResult
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = (

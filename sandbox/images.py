@@ -19,11 +19,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 
-from .engine import creator_labels, engine_errors, get_client
+from .engine import LABEL_KIND, creator_labels, engine_errors, get_client
 from .errors import ImageBuildError, SandboxError
 
 SUITE = "bookworm"
@@ -302,6 +304,71 @@ def _build_from_dockerfile(tag: str, base: str, say: Progress) -> None:
     if not image_exists(tag):
         raise ImageBuildError(tag, "docker build", "\n".join(tail))
     say(f"image {tag} ready in {time.monotonic() - started:.0f}s")
+
+
+# -- listing and pruning ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A base image (or rootfs) this project built, as ``fsm-runner images`` lists it."""
+
+    names: tuple[str, ...]
+    size_bytes: int
+    created: str
+    current: bool
+    """The default image (or its rootfs) of this checkout: never pruned."""
+
+
+def base_images(label: str | None = None) -> list[BaseImage]:
+    """Our base images, newest first (``label``: only those with this ``KEY=VALUE`` too)."""
+    current = {default_image_tag(), rootfs_tag()}
+    return [
+        BaseImage(
+            names=tuple(img.tags) or (img.id,),
+            size_bytes=int(img.attrs.get("Size", 0)),
+            created=str(img.attrs.get("Created", "")),
+            current=bool(current & set(img.tags)),
+        )
+        for img in _labelled_images(label)
+    ]
+
+
+def _labelled_images(label: str | None) -> list[Any]:
+    labels = [f"{LABEL_KIND}=image", *([label] if label else [])]
+    with engine_errors("list images"):
+        images: list[Any] = get_client().images.list(filters={"label": labels})
+    return sorted(images, key=lambda i: str(i.attrs.get("Created", "")), reverse=True)
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    """One old base image: removed, kept because a container uses it, or left by dry run."""
+
+    names: tuple[str, ...]
+    removed: bool
+    why_kept: str = ""
+
+
+def prune_base_images(keep: int, *, dry_run: bool, label: str | None = None) -> list[PruneOutcome]:
+    """Remove old base images except the ``keep`` newest; never the current default."""
+    old = [i for i in base_images(label) if not i.current][keep:]
+    outcomes = []
+    for img in old:
+        if dry_run:
+            outcomes.append(PruneOutcome(img.names, removed=False, why_kept="dry run"))
+            continue
+        try:
+            with engine_errors(f"remove {img.names[0]}"):
+                for name in img.names:  # untag each name; the last one deletes the image
+                    get_client().images.remove(name)
+            outcomes.append(PruneOutcome(img.names, removed=True))
+        except SandboxError as exc:
+            in_use = isinstance(exc.__cause__, docker.errors.APIError)
+            outcomes.append(
+                PruneOutcome(img.names, removed=False, why_kept="in use" if in_use else str(exc))
+            )
+    return outcomes
 
 
 def main() -> None:

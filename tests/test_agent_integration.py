@@ -84,7 +84,7 @@ def test_cli_run_repairs_only_with_an_agent_model(
     default_image: str,
 ) -> None:
     """``fsm-runner run --repair-iters 1`` repairs when ``--opencode-model`` names the agent."""
-    from runner.cli import main
+    from runner.cli.main import main
 
     def run(*args: str) -> int:
         with pytest.raises(SystemExit) as exit_info:

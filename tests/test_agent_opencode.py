@@ -29,8 +29,8 @@ from runner.agent import (
     repair_contract,
     scaffold_contract,
 )
-from runner.artifacts import RunDir
 from runner.errors import AgentError
+from runner.runs.run_dir import RunDir
 from sandbox.engine import get_client
 from tests import contract_repos as cr
 from tests.fakes.model_server import Fail, ScriptedModelServer, ScriptEntry

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import runner.artifacts as artifacts
-from runner.artifacts import (
+import runner.runs.run_dir as artifacts
+from runner.runs.run_dir import (
     MAX_TEXT_CHARS,
     RUN_ID_RE,
     CommandRecord,

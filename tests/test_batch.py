@@ -323,7 +323,7 @@ def test_cli_runs_a_jobs_file_and_prints_the_summary(
 ) -> None:
     from typer.testing import CliRunner
 
-    from runner.batch.cli import _table, batch_app
+    from runner.cli.batch import _table, batch_app
 
     local_repo(tmp_path / "good")
     local_repo(tmp_path / "bad", evaluation="exit 4\n")

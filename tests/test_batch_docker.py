@@ -152,7 +152,7 @@ def test_sigkill_mid_batch_then_gc_and_resume(tmp_path: Path, default_image: str
         + "".join(f"  - {{id: job{i}, target: ./r{i}}}\n" for i in range(8))
     )
     results = tmp_path / "jobs.results.jsonl"
-    cmd = [sys.executable, "-m", "runner.batch.cli", str(jobs_file), "--workers", "2"]
+    cmd = [sys.executable, "-m", "runner.cli.batch", str(jobs_file), "--workers", "2"]
     env = {**os.environ, "CI": "true"}
     log = tmp_path / "batch.log"
     with log.open("w") as sink:

@@ -191,7 +191,7 @@ def test_prune_keeps_at_most_n_least_recently_used_first(tmp_path: Path, cleanup
     assert _cache_event(events)["hit"] is True
     label = f"{REPO_LABEL}={repo}"
     assert len(list_snapshots(label)) == 3
-    cli = [sys.executable, "-m", "runner.cli", "images", "prune", "--label", label]
+    cli = [sys.executable, "-m", "runner.cli.main", "images", "prune", "--label", label]
     dry = subprocess.run([*cli, "--keep", "1", "--dry-run"], capture_output=True, text=True)
     assert dry.returncode == 0 and dry.stdout.count("would remove fsm-runner/bootstrap:") == 2
     assert len(list_snapshots(label)) == 3, "--dry-run removed something"

@@ -1,6 +1,6 @@
 """``fsm-runner``: every command, its exit codes, the progress view and report.md.
 
-Fast tests call ``runner.cli.main`` in-process on run dirs written through ``RunDir``;
+Fast tests call ``runner.cli.main.main`` in-process on run dirs written through ``RunDir``;
 the ``docker`` ones run the installed ``fsm-runner`` as a user would, on contracts built
 in tmp_path, against the real engine.
 """
@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from runner.artifacts import CommandRecord, RunDir
-from runner.cli import main
+from runner.cli.main import main
+from runner.cli.progress import StageView
+from runner.cli.starter import STARTER_FILES
 from runner.contract import (
     load_actions,
     load_bootstrap,
@@ -30,9 +31,8 @@ from runner.contract import (
     validate_metrics,
     validate_rollout,
 )
-from runner.progress import StageView
-from runner.report import load_run, write_report
-from runner.starter import STARTER_FILES
+from runner.runs.report import load_run, write_report
+from runner.runs.run_dir import CommandRecord, RunDir
 from tests.contract_repos import make_repo
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.dotenv import MAX_ENV_FILE_BYTES, load_env_file
 from runner.errors import ContractError
+from runner.targets.dotenv import MAX_ENV_FILE_BYTES, load_env_file
 
 
 def write(tmp_path: Path, text: str) -> Path:

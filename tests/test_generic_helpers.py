@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from runner.contract.outputs import validate_hints_run, validate_hints_used, validate_rollout
-from runner.generic_rollout import final_answer, reference_answer, reward
-from runner.hint_scores import parse_test_counts, score_from_json, score_from_text
-from runner.hints import check_hints_evidence, hint_env, read_hints_exec
-from runner.stage_env import base_stage_env
+from runner.helpers.generic_rollout import final_answer, reference_answer, reward
+from runner.session.stage_env import base_stage_env
+from runner.trust.hint_scores import parse_test_counts, score_from_json, score_from_text
+from runner.trust.hints import check_hints_evidence, hint_env, read_hints_exec
 from tests.fakes.model_server import ScriptedModelServer
 
 RUNNER_ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def test_evaluation_runs_the_readme_pytest_hint(tmp_path: Path, as_script: bool)
     log = Path(env["AIDER_FSM_ARTIFACTS_DIR"]) / "hints_exec.jsonl"
     helper_log = read_hints_exec(log)
     assert helper_log == ["pytest -q -p no:cacheprovider tests"]
-    stage_cmd = "python3 -m runner.generic_evaluation"
+    stage_cmd = "python3 -m runner.helpers.generic_evaluation"
     assert check_hints_evidence(used, [stage_cmd], helper_log=helper_log) == []
     # The same claim without the runner's record of the helper is not evidence.
     assert check_hints_evidence(used, ["bash evaluation.sh"], helper_log=helper_log) != []
@@ -430,7 +430,7 @@ def test_evaluation_helper_in_the_default_image(tmp_path: Path, default_image: s
     )
     with open_sandbox(spec) as sb:
         for command in (
-            "python3 -m runner.generic_evaluation",
+            "python3 -m runner.helpers.generic_evaluation",
             'python3 "$AIDER_FSM_RUNNER_ROOT/runner/generic_evaluation.py"',
         ):
             res = sb.exec(command, env=env, timeout=120)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.hints import (
+from runner.trust.hints import (
     MAX_ANCHORS,
     MAX_HINTS,
     check_hints_evidence,
@@ -335,7 +335,10 @@ def test_evidence_accepts_a_command_the_runner_ran() -> None:
 
 
 def test_evidence_accepts_the_helper_log_when_the_helper_ran() -> None:
-    executed = ["bash .aider_fsm/stages/evaluation.sh", "+ python3 -m runner.generic_evaluation"]
+    executed = [
+        "bash .aider_fsm/stages/evaluation.sh",
+        "+ python3 -m runner.helpers.generic_evaluation",
+    ]
     assert check_hints_evidence(USED, executed, helper_log=["pytest -q"]) == []
 
 

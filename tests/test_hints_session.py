@@ -43,7 +43,7 @@ def _hinted_repo(root: Path, evaluation: str) -> Path:
 
 
 def test_generic_evaluation_runs_the_readme_command(tmp_path: Path, default_image: str) -> None:
-    repo = _hinted_repo(tmp_path / "repo", "python -m runner.generic_evaluation\n")
+    repo = _hinted_repo(tmp_path / "repo", "python -m runner.helpers.generic_evaluation\n")
     sess = runner_env.setup(repo)
     res = sess.evaluate(llm="m", repair_iters=0)
     assert res.ok, res.reason
@@ -54,7 +54,7 @@ def test_generic_evaluation_runs_the_readme_command(tmp_path: Path, default_imag
     traces = list(
         sess.artifacts_dir.glob("env_api/evaluation_attempt_01/stage_files/shell_trace.*.log")
     )
-    assert traces and any("runner.generic_evaluation" in t.read_text() for t in traces)
+    assert traces and any("runner.helpers.generic_evaluation" in t.read_text() for t in traces)
 
 
 def test_claimed_hint_that_never_ran_fails(tmp_path: Path, default_image: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import RunnerError
-from runner.llm import (
+from runner.session.llm import (
     LlmChoice,
     LlmPathNotADirectory,
     LlmPathNotFound,

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 import runner_env
-from runner.cli import main
-from runner.manifest import MANIFEST_FILE, load_manifest, manifest_json_schema, verify_run_dir
-from runner.manifest_builder import WORKSPACE_EXCLUDE, workspace_digest
-from runner.outputs_io import DEFAULT_MAX_COPY_BYTES
-from runner.stage_env import DETERMINISM_DEFAULTS, SEED_VAR, base_stage_env, derive_seed
+from runner.cli.main import main
+from runner.runs.determinism import DETERMINISM_DEFAULTS, SEED_VAR, derive_seed
+from runner.runs.manifest import MANIFEST_FILE, load_manifest, manifest_json_schema, verify_run_dir
+from runner.runs.manifest_builder import WORKSPACE_EXCLUDE, workspace_digest
+from runner.runs.run_dir import DEFAULT_MAX_COPY_BYTES
+from runner.session.stage_env import base_stage_env
 from tests.contract_repos import make_repo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,10 +43,10 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def test_schema_doc_is_generated_from_the_model() -> None:
-    """docs/manifest.schema.json is regenerated with `python -m runner.manifest`."""
+    """docs/manifest.schema.json is regenerated with `python -m runner.runs.manifest`."""
     expected = json.dumps(manifest_json_schema(), indent=2) + "\n"
     assert SCHEMA_DOC.read_text() == expected, (
-        "stale: .venv/bin/python -m runner.manifest > docs/manifest.schema.json"
+        "stale: .venv/bin/python -m runner.runs.manifest > docs/manifest.schema.json"
     )
     schema = json.loads(expected)
     assert {"files", "commands", "settings", "images", "determinism"} <= set(schema["required"])

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from runner.errors import ContractError, PolicyViolation
-from runner.policy import CommandPolicy, PolicyConfig
+from runner.trust.policy import CommandPolicy, PolicyConfig
 
 OK = None
 

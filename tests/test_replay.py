@@ -17,15 +17,11 @@ import pytest
 from rich.console import Console
 
 import runner_env
-from runner.cli import main
-from runner.manifest import load_manifest
-from runner.replay import (
-    EXIT_DIFFERENT,
-    compare_runs,
-    diff_metrics,
-    replay_run,
-)
-from runner.replay_cli import comparison_json, print_comparison
+from runner.api.replay import replay_run
+from runner.cli.main import main
+from runner.cli.replay import comparison_json, print_comparison
+from runner.runs.manifest import load_manifest
+from runner.runs.replay import EXIT_DIFFERENT, compare_runs, diff_metrics
 from tests.contract_repos import make_repo
 from tests.fakes.model_server import ScriptedModelServer, humaneval_solver
 

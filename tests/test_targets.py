@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import targets
 from runner.errors import TargetError
-from runner.targets import MANIFEST_NAME, TargetSpec, parse_target, resolve_target
+from runner.targets import resolve as targets
+from runner.targets.resolve import MANIFEST_NAME, TargetSpec, parse_target, resolve_target
 
 
 @pytest.fixture(autouse=True)

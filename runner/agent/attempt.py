@@ -21,8 +21,8 @@ from runner.agent.config import Bounds, ModelRoute
 from runner.agent.scope import AIDER_DIR, ScopeReport, host_manifest, in_scope, take_back
 from runner.agent.server import AgentServer
 from runner.agent.transcript import Transcript
-from runner.artifacts import RunDir
 from runner.errors import AgentError
+from runner.runs.run_dir import RunDir
 from sandbox import SandboxSpec
 
 WORKSPACE_EXCLUDE = SandboxSpec().exclude

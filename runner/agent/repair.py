@@ -24,7 +24,9 @@ from runner.agent.checks import (
     validate_contract,
 )
 from runner.agent.config import Bounds
-from runner.artifacts import RunDir
+from runner.agent.transcript import ModelUnreachable
+from runner.errors import AgentError
+from runner.runs.run_dir import RunDir
 
 PROVENANCE = "repair_provenance.json"
 
@@ -152,3 +154,37 @@ def repair_contract(
     run_dir.event("agent_attempt", purpose="repair", attempt=attempt, ok=not failure,
                   reason=failure, changed_files=result.scope.changed_files)  # fmt: skip
     return RepairOutcome(ok=not failure, reason=failure, errors=errors, **outcome_fields)  # type: ignore[arg-type]
+
+
+def repair_for_session(
+    repo_root: Path,
+    *,
+    failed_stage: str,
+    reason: str,
+    evidence: Mapping[str, str],
+    model: str,
+    run_dir: RunDir,
+    attempt: int,
+    env: Mapping[str, str],
+    pipeline_rel: str,
+    image: str | None,
+) -> tuple[bool, str]:
+    """:func:`repair_contract` as the session's ``ContractRepairer``: agent failures are outcomes."""
+    try:
+        out = repair_contract(
+            repo_root,
+            failed_stage=failed_stage,
+            reason=reason,
+            evidence=evidence,
+            model=model,
+            run_dir=run_dir,
+            attempt=attempt,
+            env=env,
+            pipeline_rel=pipeline_rel,
+            image=image,
+        )
+    except ModelUnreachable as exc:
+        return False, f"model unreachable: {exc}"
+    except AgentError as exc:
+        return False, f"agent failed: {exc}"
+    return out.ok, out.reason

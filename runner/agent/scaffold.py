@@ -24,9 +24,9 @@ from runner.agent.checks import require_repo, restore_contract, snapshot_contrac
 from runner.agent.config import Bounds
 from runner.agent.scope import host_manifest
 from runner.agent.transcript import ModelUnreachable, SandboxUnavailable
-from runner.artifacts import RunDir
 from runner.errors import AgentError, RunnerError
-from runner.hints import suggest_hints
+from runner.runs.run_dir import RunDir
+from runner.trust.hints import suggest_hints
 
 PROVENANCE = "scaffold_provenance.json"
 MAX_ATTEMPTS = 10
@@ -61,7 +61,7 @@ def scaffold_contract(
         attempts: at most this many agent runs (1..10).
         timeout_s: wall time for all attempts together.
         env: ``OPENAI_API_BASE`` / ``OPENAI_API_KEY`` overrides (else the process env).
-        hints: official commands from the repo's README/docs/CI (None: ``runner.hints``
+        hints: official commands from the repo's README/docs/CI (None: ``runner.trust.hints``
             finds them).
         bounds: per-attempt limits; ``total_s`` is further capped by what is left of
             ``timeout_s``.

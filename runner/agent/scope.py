@@ -27,8 +27,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from runner.agent import _manifest
+from runner.contract.paths import FIXED_OUTPUTS
 from runner.errors import AgentError
-from runner.outputs_io import FIXED_OUTPUTS
 from sandbox import Sandbox, SandboxError, UnsafeArchive
 
 AIDER_DIR = ".aider_fsm"

@@ -43,9 +43,9 @@ from runner.agent.config import (
     config_text,
 )
 from runner.agent.transcript import ModelUnreachable, SandboxUnavailable, Transcript, run_prompt
-from runner.artifacts import RunDir
 from runner.errors import AgentError
-from runner.llm import host_endpoint, normalise_base_url
+from runner.runs.run_dir import RunDir
+from runner.session.llm import host_endpoint, normalise_base_url
 from sandbox import Limits, NetworkPolicy, Sandbox, SandboxError, SandboxSpec, open_sandbox
 
 SERVE_LOG = f"{AGENT_ROOT}/serve.log"

@@ -74,7 +74,7 @@ class JobOptions(_Strict):
         )
 
     def setup_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``runner.setup.setup()`` (limits folded into one object)."""
+        """Keyword arguments for ``runner.api.setup.setup()`` (limits folded into one object)."""
         data = self.model_dump(exclude={"memory", "cpus", "pids", "opencode_model"})
         data["limits"] = self.limits()
         if self.opencode_model:

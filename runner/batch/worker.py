@@ -28,12 +28,12 @@ from tenacity import (
     wait_random,
 )
 
+from runner.api.setup import setup
 from runner.batch.admission import host_slot, machine_capacity
 from runner.batch.jobs import Job
 from runner.batch.results import JobResult
 from runner.errors import RunnerError
-from runner.results import EvaluationResult, RolloutResult
-from runner.setup import setup
+from runner.session.results import EvaluationResult, RolloutResult
 from sandbox.errors import SandboxError as SandboxLayerError
 from sandbox.errors import UnsafeArchive
 

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 import runner_env
-from runner.session import EnvSession
+from runner.session.machine import EnvSession
 from sandbox.engine import get_client
 from sandbox.network import ensure_egress_network
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.results import EvaluationResult
+from runner.session.results import EvaluationResult
 from tests.contract_repos import make_repo
 from tests.hostile import docker_setup
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.evidence import RUNNER_ROOT_IN_SANDBOX, runner_package_dir
+from runner.trust.evidence import RUNNER_ROOT_IN_SANDBOX, runner_package_dir
 from tests.contract_repos import ROLLOUT, make_repo
 from tests.hostile import assert_in_docker, docker_setup, file_digest, labelled_containers
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.results import EvaluationResult
-from runner.session import EnvSession
+from runner.session.machine import EnvSession
+from runner.session.results import EvaluationResult
 from tests.contract_repos import DEPLOY_SETUP, make_repo
 from tests.hostile import HostWatch, docker_setup, labelled_containers, largest_file
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.policy import CommandPolicy, PolicyConfig
+from runner.trust.policy import CommandPolicy, PolicyConfig
 from tests.contract_repos import PIPELINE, make_repo
 from tests.hostile import assert_in_docker, docker_setup, file_digest, labelled_containers
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.session import EnvSession
+from runner.session.machine import EnvSession
 from tests.contract_repos import make_repo
 from tests.fakes.model_server import ScriptedModelServer
 from tests.hostile import docker_setup, files_containing

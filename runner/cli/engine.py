@@ -1,0 +1,107 @@
+"""The CLI's one door to the sandbox layer: engine checks, images, snapshots, gc.
+
+Every other CLI module goes through :mod:`runner_env` and the runner; what they need of
+``sandbox/`` itself (its error type, limits, the image and cleanup commands) comes from
+here, so the CLI's reach into the engine is one page to read. Heavy imports (the docker
+SDK) wait until a command needs them: ``fsm-runner --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sandbox.base import Limits
+from sandbox.errors import ENGINE_FIX_COMMAND
+from sandbox.errors import SandboxError as SandboxLayerError
+
+if TYPE_CHECKING:
+    from sandbox.images import BaseImage, PruneOutcome
+    from sandbox.reaper import GcReport
+    from sandbox.snapshots import PrunedSnapshot, Snapshot
+
+__all__ = [
+    "ENGINE_FIX_COMMAND",
+    "Limits",
+    "SandboxLayerError",
+    "base_images",
+    "cache_dir",
+    "default_image_tag",
+    "engine_info",
+    "ensure_image",
+    "gc",
+    "image_exists",
+    "prune_base_images",
+    "prune_snapshots",
+    "snapshots",
+]
+
+
+def ensure_image(image: str | None, progress: Callable[[str], None] | None) -> str:
+    from sandbox.images import ensure_image as ensure
+
+    return ensure(image, progress=progress)
+
+
+def default_image_tag() -> str:
+    from sandbox.images import default_image_tag as tag
+
+    return tag()
+
+
+def image_exists(tag: str) -> bool:
+    from sandbox.images import image_exists as exists
+
+    return exists(tag)
+
+
+def cache_dir() -> str:
+    from sandbox.images import cache_dir as where
+
+    return str(where())
+
+
+def base_images() -> list[BaseImage]:
+    from sandbox.images import base_images as listed
+
+    return listed()
+
+
+def prune_base_images(keep: int, *, dry_run: bool, label: str | None) -> list[PruneOutcome]:
+    from sandbox.images import prune_base_images as prune
+
+    return prune(keep, dry_run=dry_run, label=label)
+
+
+def snapshots() -> list[Snapshot]:
+    from sandbox.snapshots import list_snapshots
+
+    return list_snapshots()
+
+
+def prune_snapshots(
+    *, keep: int | None, max_bytes: int | None, label: str | None, dry_run: bool
+) -> list[PrunedSnapshot]:
+    from sandbox.snapshots import prune_snapshots as prune
+
+    return prune(keep=keep, max_bytes=max_bytes, label=label, dry_run=dry_run)
+
+
+def gc(*, include_live: bool) -> GcReport:
+    from sandbox.reaper import gc as run_gc
+
+    return run_gc(include_live=include_live)
+
+
+def engine_info() -> dict[str, Any]:
+    """``docker info`` as a dict.
+
+    Raises:
+        SandboxLayerError: the engine does not answer (``EngineUnavailable``).
+    """
+    from sandbox.engine import engine_errors, get_client
+
+    client = get_client()
+    with engine_errors("engine info"):
+        info: dict[str, Any] = client.info()
+    return info

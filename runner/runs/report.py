@@ -1,0 +1,397 @@
+"""A run dir read back as one structure, and ``report.md`` written from it.
+
+``events.jsonl`` is the source of truth (the session appends every stage and command
+to it); ``sandbox.json`` adds the container profile and ``<stage>_summary.json`` files
+fill in stages whose events were lost (a crash between a stage's end and its event).
+This module only reads the run dir; the one file it writes, ``report.md``, goes through
+:class:`runner.runs.run_dir.RunDir`, the only writer there. ``fsm-runner show`` and
+``fsm-runner runs`` read runs through :func:`load_run` too, so the terminal and the
+report always agree; :func:`summary_json` is the same structure for ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from runner.runs.run_dir import EVENTS_FILE, RunDir
+
+REPORT_FILE = "report.md"
+_END_KINDS = ("rollout_end", "evaluation_end")
+
+
+@dataclass
+class CommandRow:
+    """One executed (or refused) command, from its ``command`` event."""
+
+    stage: str
+    index: int
+    attempt: int
+    cmd: str
+    rc: int | None
+    duration_s: float | None
+    dir: str
+    timed_out: bool = False
+    oom_killed: bool = False
+    truncated: bool = False
+    blocked_reason: str | None = None
+
+    def log(self, run_dir: Path, kind: str) -> Path:
+        """``<stage>_cmdCC_tryTT_<kind>.txt`` (kind: cmd, stdout, stderr, result)."""
+        suffix = "result.json" if kind == "result" else f"{kind}.txt"
+        stem = f"{self.stage}_cmd{self.index + 1:02d}_try{self.attempt + 1:02d}"
+        return run_dir / self.dir / f"{stem}_{suffix}"
+
+    @property
+    def outcome(self) -> str:
+        """rc, or why there is none worth reading (blocked, timeout, OOM)."""
+        if self.blocked_reason:
+            return f"blocked: {self.blocked_reason}"
+        if self.oom_killed:
+            return "OOM-killed"
+        if self.timed_out:
+            return "timed out"
+        return f"rc={self.rc}"
+
+
+@dataclass
+class StageRow:
+    """One run of one stage (a stage may run more than once: retries after repair, teardown)."""
+
+    stage: str
+    network: str | None = None
+    ok: bool | None = None
+    """None while running, or when the run stopped before the stage ended."""
+    duration_s: float | None = None
+    reason: str = ""
+    dir: str | None = None
+    commands: list[CommandRow] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return {True: "ok", False: "FAILED", None: "did not finish"}[self.ok]
+
+
+@dataclass
+class RunSummary:
+    """Everything ``show`` prints and ``report.md`` says about one run."""
+
+    run_id: str
+    path: Path
+    repo: str | None = None
+    source: str | None = None
+    commit: str | None = None
+    mode: str | None = None
+    llm_kind: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    state: str | None = None
+    ok: bool | None = None
+    failed_stage: str | None = None
+    reason: str = ""
+    metrics: dict[str, Any] | None = None
+    samples: int | None = None
+    phase: str | None = None
+    """``rollout`` or ``evaluation``: which call's end event the result comes from."""
+    sandbox: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    stages: list[StageRow] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    error_files: list[Path] = field(default_factory=list)
+
+    @property
+    def score(self) -> float | None:
+        value = (self.metrics or {}).get("score")
+        return float(value) if isinstance(value, int | float) and value is not True else None
+
+    @property
+    def duration_s(self) -> float | None:
+        if not self.started or not self.ended:
+            return None
+        return (_ts(self.ended) - _ts(self.started)).total_seconds()
+
+    @property
+    def failed_row(self) -> StageRow | None:
+        """The stage run that failed (the one named by the result, else the last failure)."""
+        failed = [s for s in self.stages if s.ok is False]
+        named = [s for s in failed if s.stage == self.failed_stage]
+        rows = named or failed
+        return rows[-1] if rows else None
+
+
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """Parseable lines of events.jsonl (a partial last line from a crash is skipped)."""
+    try:
+        raw = (run_dir / EVENTS_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    events: list[dict[str, Any]] = []
+    for line in raw.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            events.append(rec)
+    return events
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _opt_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _opt_float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def command_row(ev: dict[str, Any]) -> CommandRow:
+    """A ``command`` event as a row (the live view reads them as they are appended)."""
+    return CommandRow(
+        stage=str(ev.get("stage", "?")),
+        index=_opt_int(ev.get("index")) or 0,
+        attempt=_opt_int(ev.get("attempt")) or 0,
+        cmd=str(ev.get("cmd", "")),
+        rc=_opt_int(ev.get("rc")),
+        duration_s=_opt_float(ev.get("duration_s")),
+        dir=str(ev.get("dir", "")),
+        timed_out=ev.get("timed_out") is True,
+        oom_killed=ev.get("oom_killed") is True,
+        truncated=ev.get("truncated") is True,
+        blocked_reason=ev.get("blocked_reason")
+        if isinstance(ev.get("blocked_reason"), str)
+        else None,
+    )
+
+
+def load_run(run_dir: Path) -> RunSummary:
+    """Read a run dir (complete, failed, or cut short) into a :class:`RunSummary`."""
+    summary = RunSummary(run_id=run_dir.name, path=run_dir)
+    open_rows: dict[str, StageRow] = {}
+    for ev in read_events(run_dir):
+        kind = ev.get("kind")
+        summary.started = summary.started or ev.get("ts")
+        summary.ended = ev.get("ts") or summary.ended
+        if kind == "session_created":
+            summary.repo, summary.source = ev.get("repo"), ev.get("source")
+            summary.commit = ev.get("commit")
+        elif kind == "rollout_start":
+            summary.mode, summary.llm_kind = ev.get("mode"), ev.get("llm_kind")
+        elif kind == "stage_start":
+            row = StageRow(stage=str(ev.get("stage")), network=ev.get("network"))
+            summary.stages.append(row)
+            open_rows[row.stage] = row
+        elif kind == "command":
+            cmd = command_row(ev)
+            row = open_rows.get(cmd.stage) or StageRow(stage=cmd.stage)
+            if row.stage not in open_rows:
+                summary.stages.append(row)
+                open_rows[row.stage] = row
+            row.dir = row.dir or cmd.dir
+            row.commands.append(cmd)
+        elif kind == "stage_end" and str(ev.get("stage")) in open_rows:
+            row = open_rows.pop(str(ev.get("stage")))
+            row.ok = ev.get("ok") is True
+            row.duration_s = _opt_float(ev.get("duration_s"))
+            row.reason = str(ev.get("reason") or "")
+        elif kind == "transition":
+            summary.state = ev.get("to_state")
+        elif kind in _END_KINDS:
+            summary.phase = str(kind).removesuffix("_end")
+            summary.ok = ev.get("ok") is True
+            summary.failed_stage = ev.get("failed_stage")
+            summary.reason = str(ev.get("reason") or "")
+            if isinstance(ev.get("metrics"), dict):
+                summary.metrics = ev["metrics"]
+            summary.samples = _opt_int(ev.get("samples")) or summary.samples
+        elif isinstance(kind, str) and ("audit" in kind or kind == "stage_files_refused"):
+            detail = {k: v for k, v in ev.items() if k not in ("ts", "kind")}
+            summary.findings.append(f"{kind}: {json.dumps(detail, default=str)}")
+    _add_unlogged_stages(summary)
+    summary.sandbox = _read_json(run_dir / "sandbox.json")
+    summary.policy = _read_json(run_dir / "policy.json")
+    # The session writes contract and audit errors next to the commands, as *_error.txt.
+    for path in sorted(run_dir.glob("env_api/*/*_error.txt")):
+        if "audit" in path.name:
+            summary.findings.append(f"{path.relative_to(run_dir)}: {_first_line(path)}")
+        else:
+            summary.error_files.append(path)
+    return summary
+
+
+def _first_line(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _add_unlogged_stages(summary: RunSummary) -> None:
+    """Stage summaries the events do not cover (their end event never made it to disk)."""
+    seen = {(s.dir, s.stage) for s in summary.stages}
+    for path in sorted(summary.path.glob("env_api/*/*_summary.json")):
+        stage = path.name.removesuffix("_summary.json")
+        rel = path.parent.relative_to(summary.path).as_posix()
+        data = _read_json(path)
+        match = [s for s in summary.stages if (s.dir, s.stage) == (rel, stage) and s.ok is None]
+        if match:
+            match[-1].ok = data.get("ok") is True
+        elif (rel, stage) not in seen and isinstance(data.get("ok"), bool):
+            summary.stages.append(StageRow(stage=stage, ok=data["ok"], dir=rel))
+
+
+# -- report.md ------------------------------------------------------------------------
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.2f}s" if value < 10 else f"{value:.1f}s"
+    return f"{int(value // 60)}m{value % 60:02.0f}s"
+
+
+def _cell(text: object, limit: int = 90) -> str:
+    flat = " ".join(str(text).split())
+    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat.replace("|", "\\|") or " "
+
+
+def _result_line(s: RunSummary) -> str:
+    if s.ok is None:
+        return "did not finish (no rollout or evaluation result was recorded)"
+    if s.ok:
+        return "**ok**" if s.phase != "rollout" else "**ok** (rollout only: no evaluation recorded)"
+    return f"**FAILED** at `{s.failed_stage or '?'}`: {_cell(s.reason, 300)}"
+
+
+def render_markdown(s: RunSummary) -> str:
+    """The report as Markdown: result, stages, failure, metrics, sandbox, findings."""
+    score = "-" if s.score is None else f"{s.score:g}"
+    target = f"`{s.repo}` ({s.source or '?'}{f', commit {s.commit}' if s.commit else ''})"
+    lines = [
+        f"# fsm-runner run {s.run_id}",
+        "",
+        f"- Result: {_result_line(s)}",
+        f"- Score: {score}",
+        f"- Target: {target}",
+        f"- Mode: {s.mode or '-'} · model: {s.llm_kind or '-'}"
+        + (f" · samples: {s.samples}" if s.samples is not None else ""),
+        f"- Started: {s.started or '-'} · duration: {fmt_seconds(s.duration_s)}"
+        f" · final state: {s.state or '-'}",
+        "",
+        "## Stages",
+        "",
+        "| # | stage | result | duration | network | commands | pass |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(s.stages, 1):
+        lines.append(
+            f"| {i} | {row.stage} | {row.status} | {fmt_seconds(row.duration_s)} | "
+            f"{row.network or '-'} | {len(row.commands)} | {_cell(row.dir or '-')} |"
+        )
+    if not s.stages:
+        lines.append("| - | no stage ran | | | | | |")
+    lines += _failure_section(s)
+    if s.metrics is not None:
+        lines += ["", "## Metrics", "", "```json", json.dumps(s.metrics, indent=2), "```"]
+    lines += _sandbox_section(s.sandbox, s.policy)
+    lines += ["", "## Audit findings", ""]
+    lines += [f"- {_cell(f, 400)}" for f in s.findings] or ["- none recorded"]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `events.jsonl`: every state transition, stage and command, in order",
+        "- `sandbox.json`: image, limits and the network each stage got",
+        "- `env_api/<pass>/<stage>_cmdCC_tryTT_{cmd,stdout,stderr}.txt` and `_result.json`:"
+        " each command (secrets masked)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _failure_section(s: RunSummary) -> list[str]:
+    row = s.failed_row
+    if s.ok is not False and row is None:
+        return []
+    out = ["", "## Failure", "", f"- Stage: `{s.failed_stage or (row.stage if row else '?')}`"]
+    if s.reason:
+        out.append(f"- Reason: {_cell(s.reason, 600)}")
+    if row is not None and row.commands:
+        last = row.commands[-1]
+        out += [
+            f"- Command: `{_cell(last.cmd, 200)}` ({last.outcome})",
+            f"- Logs: `{last.log(s.path, 'stdout').relative_to(s.path)}`,"
+            f" `{last.log(s.path, 'stderr').relative_to(s.path)}`",
+        ]
+    out += [f"- Contract error: `{p.relative_to(s.path)}`" for p in s.error_files]
+    return out
+
+
+def _sandbox_section(sb: dict[str, Any], policy: dict[str, Any]) -> list[str]:
+    rules = (
+        f"- Command policy: {policy.get('mode', '-')} (unattended: {policy.get('unattended', '-')})"
+    )
+    if not sb:
+        return ["", "## Sandbox", "", "- no sandbox was opened", rules]
+    limits = _mapping(sb.get("limits"))
+    return [
+        "",
+        "## Sandbox",
+        "",
+        f"- Backend: {sb.get('backend', '-')} · image: `{sb.get('image', '-')}`"
+        f" · workspace: {sb.get('workspace_mode', '-')}",
+        "- Limits: " + (", ".join(f"{k}={v}" for k, v in limits.items()) or "-"),
+        "- Capabilities: " + (", ".join(map(str, sb.get("capabilities") or [])) or "none"),
+        "- Security options: " + (", ".join(map(str, sb.get("security_opt") or [])) or "-"),
+        rules,
+    ]
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``report.md`` into ``run_dir`` from what the run recorded; return its path."""
+    text = render_markdown(load_run(run_dir))
+    return RunDir(run_dir.name, run_dir).write_text(REPORT_FILE, text)
+
+
+# -- JSON for `run --json` and `runs --json` -------------------------------------------
+
+
+def summary_json(s: RunSummary, report: Path | None = None) -> dict[str, Any]:
+    """The object ``fsm-runner run --json`` and ``runs --json`` print for one run."""
+    return {
+        "ok": bool(s.ok),
+        "failed_stage": s.failed_stage,
+        "reason": s.reason,
+        "score": s.score,
+        "metrics": s.metrics,
+        "samples": s.samples,
+        "run_id": s.run_id,
+        "artifacts_dir": str(s.path),
+        "report": str(report) if report else None,
+        "duration_s": s.duration_s,
+        "stages": [
+            {"stage": r.stage, "ok": r.ok, "duration_s": r.duration_s, "network": r.network}
+            for r in s.stages
+        ],
+    }

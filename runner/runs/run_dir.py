@@ -1,0 +1,401 @@
+"""The run directory: run ids, layout and writers.
+
+Only this module writes into ``<repo>/.aider_fsm/artifacts/<run_id>/``, so one place
+decides what a file may contain: every text passes :meth:`RunDir.redact` first, long
+texts are capped with a visible marker (never silently), and writes are atomic (temp
+file + rename) so a reader such as ``fsm-runner runs`` never sees half a file.
+
+What counts as a secret lives in :mod:`runner.trust.redaction` and reading run dirs back in
+:mod:`runner.runs.listing`; their public names are re-exported here for callers.
+
+Run ids carry a random suffix and are claimed with ``mkdir(exist_ok=False)``: the
+predecessor's one-second ids let two sessions on one repo share a directory
+(notes/predecessor.md 14.3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePath, PurePosixPath
+
+from runner.errors import ContractError, RunnerError
+from runner.runs.listing import EVENTS_FILE, RUN_ID_RE, RunInfo, list_runs
+from runner.trust.redaction import MIN_SECRET_LEN, REDACTED, SecretRedactor, mask_env, secret_key
+
+__all__ = [
+    "DEFAULT_MAX_COPY_BYTES",
+    "EVENTS_FILE",
+    "MAX_COPY_ENV",
+    "MAX_EVENT_FIELD_CHARS",
+    "MAX_TEXT_CHARS",
+    "MIN_SECRET_LEN",
+    "REDACTED",
+    "RUN_ID_RE",
+    "SCRUB_CHUNK_BYTES",
+    "SCRUB_WHOLE_BYTES",
+    "CommandRecord",
+    "RunDir",
+    "RunInfo",
+    "SecretRedactor",
+    "cap_text",
+    "list_runs",
+    "mask_env",
+    "max_copy_bytes",
+    "new_run_id",
+    "secret_key",
+]
+
+MAX_TEXT_CHARS = 2_000_000
+"""Cap of every text file, as in the predecessor; the excess is cut out of the middle."""
+MAX_EVENT_FIELD_CHARS = 4_000
+"""Cap of one string field in events.jsonl: full texts belong in files, not in the log."""
+SCRUB_WHOLE_BYTES = 16 * 1024 * 1024
+"""Files up to this size are scrubbed in one read; larger ones in chunks."""
+SCRUB_CHUNK_BYTES = 4 * 1024 * 1024
+
+_CREATE_ATTEMPTS = 64
+_STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """One executed (or refused) command as the run dir records it."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_s: float
+    oom_killed: bool = False
+    truncated: bool = False
+    blocked_reason: str | None = None
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``YYYYmmdd_HHMMSS_<6 hex>`` in UTC: sortable by time, unique by its suffix."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
+    return f"{stamp}_{secrets.token_hex(3)}"
+
+
+def cap_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """Keep the head and the tail (where tracebacks are) and say how much was cut."""
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    cut = len(text) - limit
+    return f"{text[:head]}\n[truncated {cut} chars]\n{text[len(text) - (limit - head) :]}"
+
+
+#: The largest single file copied from a sandbox into the run dir (stage files, samples).
+DEFAULT_MAX_COPY_BYTES = 64 * 1024 * 1024
+MAX_COPY_ENV = "FSM_RUNNER_MAX_COPY_BYTES"
+
+
+def max_copy_bytes() -> int:
+    """The per-file cap on copies into the run dir: ``FSM_RUNNER_MAX_COPY_BYTES`` or 64 MiB.
+
+    A bigger file stays in the sandbox and ``<name>.omitted`` says so, so one sparse
+    file from a stage cannot fill the host disk (a samples file that big is validated
+    by streaming it from the sandbox instead).
+
+    Raises:
+        RunnerError: the variable is set but is not a positive whole number of bytes.
+    """
+    raw = os.environ.get(MAX_COPY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_COPY_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise RunnerError(f"{MAX_COPY_ENV}={raw!r}: expected a positive number of bytes")
+    return value
+
+
+def _relative_parts(rel: str | Path) -> PurePosixPath:
+    """Validate a path inside the run dir.
+
+    Raises:
+        ValueError: the path is empty, absolute, or contains ``..``.
+    """
+    p = PurePosixPath(Path(rel).as_posix())
+    if p.is_absolute() or not p.parts or ".." in p.parts:
+        raise ValueError(f"run dir paths must be relative without '..': {str(rel)!r}")
+    return p
+
+
+class RunDir:
+    """One run's directory and the only writer into it; safe to share between threads."""
+
+    def __init__(self, run_id: str, path: Path) -> None:
+        self.run_id = run_id
+        self.path = path
+        self._lock = threading.RLock()
+        self._redactor = SecretRedactor()
+
+    @classmethod
+    def create(cls, repo_root: Path, *, base: Path | None = None) -> RunDir:
+        """Claim a fresh run dir under ``base`` (default ``<repo>/.aider_fsm/artifacts``).
+
+        Raises:
+            ContractError: ``.aider_fsm`` or ``.aider_fsm/artifacts`` in the repo is a link.
+            FileExistsError: no free run id after many attempts (a clock or RNG bug).
+            OSError: the base directory cannot be created.
+        """
+        if base is None:
+            # The repo is untrusted input: a planted ``.aider_fsm`` or ``artifacts`` link
+            # must not move the run dir (and everything we write) somewhere else.
+            for part in (repo_root / ".aider_fsm", repo_root / ".aider_fsm" / "artifacts"):
+                if part.is_symlink():
+                    raise ContractError(
+                        "is a symbolic link; refusing to write the run dir through it", file=part
+                    )
+        root = (base if base is not None else repo_root / ".aider_fsm" / "artifacts").resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(_CREATE_ATTEMPTS):
+            run_id = new_run_id()
+            try:
+                (root / run_id).mkdir(exist_ok=False)
+            except FileExistsError:
+                continue
+            return cls(run_id, root / run_id)
+        raise FileExistsError(f"no free run id under {root} after {_CREATE_ATTEMPTS} attempts")
+
+    # -- secrets -----------------------------------------------------------------------
+
+    def add_secret(self, value: str) -> None:
+        """Mask ``value`` in everything written from now on (short and placeholder values are ignored)."""
+        self._redactor.add_secret(value)
+
+    def add_secrets_from_env(self, env: Mapping[str, str]) -> None:
+        """Register values of secret-looking keys (the predecessor's list) and token-shaped values."""
+        self._redactor.add_secrets_from_env(env)
+
+    def redact(self, text: str) -> str:
+        """Every registered secret and every well-known token shape becomes ``***``."""
+        return self._redactor.redact(text)
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        """:meth:`redact` for raw bytes (secrets matched in their UTF-8 form)."""
+        return self._redactor.redact_bytes(data)
+
+    def _redact_obj(self, obj: object) -> object:
+        return self._redactor.redact_obj(obj)
+
+    # -- paths and writers -----------------------------------------------------------
+
+    def _dir(self, rel: str | PurePath) -> Path:
+        """``mkdir -p`` a directory given relative to the run dir (or absolute inside it).
+
+        Raises:
+            ValueError: the path leaves the run dir (absolute elsewhere, ``..``, symlinks).
+        """
+        p = Path(rel)
+        if p.is_absolute():
+            try:
+                p = p.relative_to(self.path)
+            except ValueError:
+                raise ValueError(f"{p} is not inside the run dir {self.path}") from None
+        target = self.path / _relative_parts(p) if p.parts else self.path
+        target.mkdir(parents=True, exist_ok=True)
+        if not target.resolve().is_relative_to(self.path.resolve()):
+            raise ValueError(f"{target} resolves outside the run dir {self.path}")
+        return target
+
+    def _target(self, rel: str | Path) -> Path:
+        """A file path inside the run dir, its parent created.
+
+        Raises:
+            ValueError: as :meth:`_dir`, or the path names the run dir itself.
+        """
+        p = Path(rel)
+        if not p.parts or p == self.path:
+            raise ValueError("a file name is needed")
+        return self._dir(p.parent) / p.name
+
+    def subdir(self, *parts: str) -> Path:
+        """``mkdir -p`` a directory inside the run dir and return it.
+
+        Raises:
+            ValueError: a part is empty or absolute, or contains ``..``.
+        """
+        rel = PurePosixPath()
+        for part in parts:
+            rel = rel / _relative_parts(part)
+        return self._dir(rel)
+
+    def _put(self, target: Path, data: bytes) -> None:
+        # os.replace swaps the name atomically and replaces a planted symlink instead of
+        # writing through it.
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _text_bytes(self, text: str) -> bytes:
+        # Redact before capping: a cut through a secret would leave part of it readable.
+        return cap_text(self.redact(text)).encode("utf-8", errors="backslashreplace")
+
+    def write_text(self, rel: str | Path, text: str) -> Path:
+        """Write a redacted text, capped at MAX_TEXT_CHARS with a ``[truncated N chars]`` marker."""
+        target = self._target(rel)
+        self._put(target, self._text_bytes(text))
+        return target
+
+    def write_bytes(self, rel: str | Path, data: bytes) -> Path:
+        """Write raw bytes (a mirrored output file), redacted but not capped."""
+        target = self._target(rel)
+        self._put(target, self.redact_bytes(data))
+        return target
+
+    def _json_bytes(self, obj: object, *, redact: bool = True) -> bytes:
+        if not redact:
+            text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
+            return (text + "\n").encode("utf-8", errors="backslashreplace")
+        text = json.dumps(self._redact_obj(obj), indent=2, ensure_ascii=False, default=str)
+        return (self.redact(text) + "\n").encode("utf-8", errors="backslashreplace")
+
+    def write_json(self, rel: str | Path, obj: object, *, redact: bool = True) -> Path:
+        """Write ``obj`` as indented JSON (key order kept), redacted; objects fall back to ``str``.
+
+        ``redact=False`` is for a caller that redacted its free text itself and holds
+        values a blind pass could corrupt (hex digests that happen to contain a secret).
+        """
+        target = self._target(rel)
+        self._put(target, self._json_bytes(obj, redact=redact))
+        return target
+
+    def scrub_tree(self, root: Path) -> int:
+        """Redact every regular file under ``root`` in place (files pulled from the sandbox).
+
+        Returns the number of files changed. Symlinks are neither followed nor rewritten.
+
+        Raises:
+            ValueError: ``root`` is not inside the run dir.
+        """
+        start = self._dir(root)
+        changed = 0
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                path = Path(dirpath) / name
+                if path.is_symlink() or not path.is_file():
+                    continue
+                if path.stat().st_size > SCRUB_WHOLE_BYTES:
+                    changed += self._scrub_large(path)
+                    continue
+                data = path.read_bytes()
+                clean = self.redact_bytes(data)
+                if clean != data:
+                    self._put(path, clean)
+                    changed += 1
+        return changed
+
+    def _scrub_large(self, path: Path) -> int:
+        """Redact a big file in bounded memory: chunks overlapping by the longest secret."""
+        overlap = self._redactor.longest_secret_bytes() + 64
+        tmp = path.with_name(path.name + ".scrub")
+        found = False
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            carry = b""
+            while chunk := src.read(SCRUB_CHUNK_BYTES):
+                data = carry + chunk
+                clean = self.redact_bytes(data)
+                found = found or clean != data
+                # Keep the tail back: a secret may straddle the next chunk boundary.
+                cut = max(0, len(clean) - overlap)
+                dst.write(clean[:cut])
+                carry = clean[cut:]
+            dst.write(self.redact_bytes(carry))
+        if found:
+            os.replace(tmp, path)
+        else:
+            tmp.unlink()
+        return int(found)
+
+    def event(self, kind: str, **fields: object) -> None:
+        """Append one redacted JSON line to events.jsonl (one ``write`` call, under a lock).
+
+        Raises:
+            ValueError: a field is named ``ts`` (the timestamp is the runner's).
+        """
+        if "ts" in fields:
+            raise ValueError("event field 'ts' is reserved")
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record = {"ts": ts, "kind": kind, **fields}
+        short = {
+            k: cap_text(v, MAX_EVENT_FIELD_CHARS) if isinstance(v, str) else v
+            for k, v in record.items()
+        }
+        line = self.redact(json.dumps(self._redact_obj(short), ensure_ascii=False, default=str))
+        data = (line + "\n").encode("utf-8", errors="backslashreplace")
+        with self._lock:
+            # O_APPEND with a single write keeps lines whole even if another process appends.
+            fd = os.open(self.path / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+
+    # -- the predecessor's per-command layout ----------------------------------------
+
+    def record_command(
+        self, dir: Path, stage: str, index: int, attempt: int, cmd: str, result: CommandRecord
+    ) -> None:
+        """Write ``<stage>_cmdCC_tryTT_{cmd,stdout,stderr}.txt`` + ``_result.json`` and the last-command copies.
+
+        Also appends a ``command`` event, so events.jsonl alone lists what ran.
+
+        Raises:
+            ValueError: ``dir`` is outside the run dir, ``stage`` is not a plain name, or
+                ``index``/``attempt`` is negative.
+        """
+        if not _STAGE_RE.fullmatch(stage):
+            raise ValueError(f"stage name {stage!r} cannot be used in a file name")
+        if index < 0 or attempt < 0:
+            raise ValueError(f"index and attempt count from 0, got {index}, {attempt}")
+        base = self._dir(dir)
+        stem = f"{stage}_cmd{index + 1:02d}_try{attempt + 1:02d}"
+        outcome = {
+            "rc": result.exit_code,
+            "timed_out": result.timed_out,
+            "duration_s": round(result.duration_s, 3),
+            "oom_killed": result.oom_killed,
+            "truncated": result.truncated,
+            "blocked_reason": result.blocked_reason,
+        }
+        texts = {"cmd.txt": cmd, "stdout.txt": result.stdout, "stderr.txt": result.stderr}
+        files = {suffix: self._text_bytes(text) for suffix, text in texts.items()}
+        files["result.json"] = self._json_bytes(outcome)
+        for suffix, data in files.items():
+            self._put(base / f"{stem}_{suffix}", data)
+            self._put(base / f"{stage}_{suffix}", data)
+        where = base.relative_to(self.path).as_posix()
+        self.event(
+            "command", stage=stage, index=index, attempt=attempt, cmd=cmd, dir=where, **outcome
+        )
+
+    def write_stage_summary(
+        self, dir: Path, stage: str, *, ok: bool, failed_index: int | None, total_results: int
+    ) -> Path:
+        """Write ``<stage>_summary.json`` ``{ok, failed_index, total_results}``.
+
+        Raises:
+            ValueError: ``dir`` is outside the run dir or ``stage`` is not a plain name.
+        """
+        if not _STAGE_RE.fullmatch(stage):
+            raise ValueError(f"stage name {stage!r} cannot be used in a file name")
+        summary = {"ok": ok, "failed_index": failed_index, "total_results": total_results}
+        return self.write_json(Path(dir) / f"{stage}_summary.json", summary)

@@ -1,0 +1,102 @@
+"""A pass through some stages, and what it brings back from the sandbox.
+
+Every rollout, evaluation or teardown attempt is a pass: the runner records its commands
+under ``env_api/<pass>/`` in the run dir, and its stages write their artifacts to a dir
+of their own inside the sandbox. The session and its checks (bootstrap, rollout,
+evaluation) all read outputs and stage files back the same way, so that lives here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.contract.paths import to_sandbox_rel
+from runner.runs.run_dir import RunDir, max_copy_bytes
+from runner.session.outputs_io import read_output, write_host_output
+from runner.session.results import VerificationResult
+from runner.session.stages import StageResult
+from sandbox import OMITTED_SUFFIX, Sandbox
+from sandbox.errors import SandboxError as SandboxLayerError
+
+
+@dataclass
+class Pass:
+    """One pass through some stages: its host record dir and in-sandbox artifacts dir."""
+
+    name: str
+    host_dir: Path
+    sandbox_dir: str
+    verify: VerificationResult = field(default_factory=VerificationResult)
+
+
+def sync_output(
+    sb: Sandbox, run_dir: RunDir, repo_root: Path, rel: str, p: Pass
+) -> tuple[Path | None, Path | None]:
+    """Read an output from the sandbox into the pass's mirror and the host's .aider_fsm/."""
+    data = read_output(sb, rel)
+    mirror = p.host_dir / "outputs" / rel
+    if data is not None:
+        run_dir.write_bytes(mirror.relative_to(run_dir.path), data)
+    host = write_host_output(repo_root, rel, None if data is None else run_dir.redact_bytes(data))
+    return (mirror if data is not None else None), host
+
+
+def pull_stage_files(sb: Sandbox | None, run_dir: RunDir, p: Pass) -> None:
+    """Bring the stage's own artifacts dir back (safe pull), scrubbed of secrets."""
+    if sb is None:
+        return
+    rel = to_sandbox_rel(p.sandbox_dir, sb.workspace)
+    if rel is None:
+        return
+    dest = p.host_dir / "stage_files"
+    cap = max_copy_bytes()
+    try:
+        written = sb.pull(rel, dest, max_file_bytes=cap)
+    except FileNotFoundError:
+        return
+    except SandboxLayerError as exc:
+        run_dir.event("stage_files_refused", pass_=p.name, reason=str(exc))
+        return
+    omitted = [name for name in written if name.endswith(OMITTED_SUFFIX)]
+    if omitted:
+        run_dir.event("stage_files_omitted", pass_=p.name, files=omitted, cap=cap)
+    run_dir.scrub_tree(dest)
+
+
+def export_target(run_dir: RunDir, dest: str | Path) -> Path:
+    """Where :func:`export_env_api` will copy to, checked before the call does any work.
+
+    Raises:
+        ValueError: ``dest`` is inside the run dir (a copy into itself).
+    """
+    target = Path(dest).expanduser().resolve()
+    if target.is_relative_to(run_dir.path.resolve()):
+        raise ValueError(f"artifacts_dir {target} is inside the run dir {run_dir.path}")
+    return target
+
+
+def export_env_api(run_dir: RunDir, dest: str | Path) -> Path:
+    """Copy the run dir's ``env_api/`` into ``dest``: the predecessor's ``artifacts_dir=``.
+
+    The predecessor wrote a call's records straight into that folder; the run dir stays
+    the one place the runner writes (and redacts), so the caller gets a copy, refreshed
+    after each call. Links are copied as links (the run dir holds none of its own).
+    """
+    target = export_target(run_dir, dest)
+    source = run_dir.path / "env_api"
+    if source.is_dir():
+        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+    run_dir.event("artifacts_exported", dest=str(target))
+    return target
+
+
+def failure_reason(verify: VerificationResult) -> str:
+    """Why a pass failed: the failed stage's reason, else the metrics errors, else its name."""
+    stage = getattr(verify, verify.failed_stage or "", None)
+    if isinstance(stage, StageResult):
+        return stage.reason
+    return "; ".join(verify.metrics_errors) or (verify.failed_stage or "")

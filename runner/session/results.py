@@ -1,0 +1,72 @@
+"""Result types returned by ``EnvSession.rollout()`` and ``evaluate()``.
+
+Stage failures are results, not exceptions: ``ok`` says whether the call succeeded,
+``failed_stage`` and ``reason`` say where and why, ``verify`` holds every stage's
+commands. Shapes follow the predecessor (``RolloutCallResult`` / ``EvaluationCallResult``
+remain as aliases) with ``failed_stage``/``reason`` set for contract failures too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.session.stages import StageResult
+
+
+@dataclass
+class VerificationResult:
+    """Every stage of one pass; a stage that did not run is None."""
+
+    ok: bool = True
+    failed_stage: str | None = None
+    bootstrap: StageResult | None = None
+    actions: StageResult | None = None
+    auth: StageResult | None = None
+    tests: StageResult | None = None
+    deploy_setup: StageResult | None = None
+    deploy_health: StageResult | None = None
+    rollout: StageResult | None = None
+    evaluation: StageResult | None = None
+    benchmark: StageResult | None = None
+    deploy_teardown: StageResult | None = None
+    metrics_path: Path | None = None
+    metrics: dict[str, Any] | None = None
+    metrics_errors: list[str] = field(default_factory=list)
+
+    def fail(self, stage: str) -> None:
+        if self.ok:
+            self.ok = False
+            self.failed_stage = stage
+
+
+@dataclass
+class RolloutResult:
+    """What ``rollout()`` did. ``rollout_path`` is the fresh host copy of rollout.json."""
+
+    ok: bool
+    artifacts_dir: Path
+    rollout_path: Path | None = None
+    verify: VerificationResult = field(default_factory=VerificationResult)
+    failed_stage: str | None = None
+    reason: str = ""
+    samples: int | None = None
+    samples_path: Path | None = None
+
+
+@dataclass
+class EvaluationResult:
+    """What ``evaluate()`` did. ``metrics`` is the validated metrics.json of this run."""
+
+    ok: bool
+    artifacts_dir: Path
+    metrics_path: Path | None = None
+    metrics: dict[str, Any] | None = None
+    verify: VerificationResult = field(default_factory=VerificationResult)
+    failed_stage: str | None = None
+    reason: str = ""
+
+
+RolloutCallResult = RolloutResult
+EvaluationCallResult = EvaluationResult
