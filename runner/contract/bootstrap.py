@@ -29,6 +29,7 @@ from runner.contract.fields import (
     Retries,
     Seconds,
     no_bool,
+    repo_relative,
     version_one,
 )
 from runner.contract.yamlsrc import YamlDoc, load_yaml, validate_model
@@ -50,6 +51,14 @@ def _blank_to_none(value: object) -> object:
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
+def _input_pattern(value: object) -> str:
+    # A glob stays inside the repo like any contract path: relative, no '..' escapes.
+    path = repo_relative(value)
+    if path is None:
+        raise ValueError("an input must name a file, folder or glob inside the repository")
+    return path
+
+
 class BootstrapSpec(ContractModel):
     """Environment preparation run once before the stages (venv, installs, caches)."""
 
@@ -65,6 +74,15 @@ class BootstrapSpec(ContractModel):
     """Per-command timeout (>= 1), capped by the pipeline's security.max_cmd_seconds."""
     retries: Retries = 0
     """Extra attempts per failing command."""
+    inputs: Annotated[
+        tuple[Annotated[str, BeforeValidator(_input_pattern)], ...] | None,
+        BeforeValidator(_blank_to_none),
+    ] = None
+    """Repo files bootstrap reads (paths or globs; a folder means everything under it).
+
+    Optional, for the bootstrap image cache: when set, the cache key hashes these
+    instead of every file of the repository. Null = bootstrap may read anything.
+    """
     warnings: tuple[str, ...] = ()
     """Lenient spellings that were accepted (predecessor codes, e.g. bootstrap.steps_alias_used)."""
 
@@ -75,7 +93,7 @@ _ALIASES = (
     ("timeout_seconds", "timeout"),
     ("retries", "retry"),
 )
-_SPEC_KEYS = ("version", "cmds", "env", "workdir", "timeout_seconds", "retries")
+_SPEC_KEYS = ("version", "cmds", "env", "workdir", "timeout_seconds", "retries", "inputs")
 _KNOWN_KEYS = (*_SPEC_KEYS, *(alias for _, alias in _ALIASES), "boot")
 _CMD_KEYS = ("cmd", "run", "command")
 

@@ -2,19 +2,26 @@
 
 After a successful bootstrap, the sandbox is committed as ``fsm-runner/bootstrap:<key>``
 (``sandbox/snapshots.py``). The key hashes everything that decides what bootstrap
-produces: the base image id, ``bootstrap.yml``, every repo file a bootstrap command
-names, the files that commonly pin dependencies (``requirements*.txt``,
-``pyproject.toml``, lock files, at the repo root and in bootstrap's ``workdir``), the
-env-file pairs, and ``CACHE_VERSION`` (bumped whenever the runner's bootstrap changes).
+produces, and whose bootstrap it was (issue 15 item 2: two repositories with the same
+``bootstrap.yml`` shared a key, so one repo's bootstrap planted a ``.pth`` hook that
+forged the other's score):
+
+- the repository's identity: its absolute path and its HEAD commit (read from ``.git``
+  without running git, which would run the repo's own hooks on the host);
+- what bootstrap can read: every file the sandbox copy gets (``.git`` included), or,
+  when ``bootstrap.yml`` declares ``inputs``, only those files and folders;
+- the base image id, ``bootstrap.yml``, every repo file a bootstrap command names, the
+  files that commonly pin dependencies (``requirements*.txt``, ``pyproject.toml``, lock
+  files, at the repo root and in bootstrap's ``workdir``), the env-file pairs, and
+  ``CACHE_VERSION`` (bumped whenever the runner's bootstrap or the key changes).
+
 A later session with the same key starts from that image and skips bootstrap.
 
 What bootstrap wrote into the workspace (a venv, downloaded data) is not in a plain
 commit (the workspace is a volume), so the files whose change time is after bootstrap
 started are baked into the snapshot at the workspace path; a hit opens the sandbox with
 ``workspace_in_image`` and copies the fresh repo on top: no file of the snapshot is
-copied at start. Files bootstrap *deleted* are not replayed, and source
-that bootstrap installs non-editably (``pip install .``) is not part of the key: name
-those files in a bootstrap command, or use ``cache="off"``.
+copied at start. Files bootstrap *deleted* are not replayed.
 
 Modes (``setup(cache=...)``, ``fsm-runner run --cache``): ``on`` reads and writes,
 ``read`` only starts from existing snapshots, ``off`` neither. A bootstrap shorter than
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +42,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.contract import BootstrapSpec
-from sandbox import Sandbox, SandboxError
+from runner.contract.paths import FIXED_OUTPUTS
+from sandbox import Sandbox, SandboxError, SandboxSpec
+from sandbox.archive import selected_files
 from sandbox.images import ensure_image
 from sandbox.snapshots import commit_snapshot, find_snapshot, image_id, snapshot_lock
 
@@ -45,13 +55,15 @@ __all__ = [
     "cache_key",
     "changed_paths",
     "commit_min_seconds",
+    "head_commit",
     "mark_bootstrap_start",
     "plan_cache",
     "save_snapshot",
+    "tree_digest",
 ]
 
 CacheMode = Literal["off", "read", "on"]
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 _MARKER_DIR = "/var/cache/fsm-runner"
 _MARKER = f"{_MARKER_DIR}/bootstrap-started"
 _MAX_LISTING_BYTES = 64 * 1024 * 1024
@@ -77,6 +89,10 @@ PIN_PATTERNS = (
 )
 """Files that commonly pin what bootstrap installs (root and bootstrap's workdir)."""
 _MAX_HASHED_BYTES = 64 * 1024 * 1024
+COPY_EXCLUDE = (*SandboxSpec.exclude, *FIXED_OUTPUTS)
+"""What the session leaves out of the workspace copy (``sandbox_open.py``): the rest is
+what bootstrap can read, so the rest is hashed."""
+_SHA_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
 @dataclass
@@ -159,6 +175,68 @@ def _named_files(root: Path, workdir: Path, cmds: Sequence[str]) -> set[Path]:
     return named
 
 
+def _entry_digest(path: Path) -> str:
+    """A file's content hash, or a link's target (never followed)."""
+    if path.is_symlink():
+        return hashlib.sha256(f"symlink:{os.readlink(path)}".encode()).hexdigest()
+    return _sha256_file(path)
+
+
+def tree_digest(root: Path, exclude: Sequence[str] = COPY_EXCLUDE) -> tuple[str, int]:
+    """sha256 over every file the sandbox copy gets (path, executable bit, content)."""
+    digest, count = hashlib.sha256(), 0
+    for rel in selected_files(root, exclude):
+        path = root / rel
+        mode = "x" if not path.is_symlink() and os.access(path, os.X_OK) else "-"
+        digest.update(f"{rel}\0{mode}\0{_entry_digest(path)}\n".encode())
+        count += 1
+    return digest.hexdigest(), count
+
+
+def _declared_files(root: Path, patterns: Sequence[str]) -> set[Path]:
+    """Files the contract's ``inputs`` name: paths or globs; a folder stands for its files."""
+    found: set[Path] = set()
+    for pattern in patterns:
+        for match in root.glob(pattern):
+            if match.is_dir() and not match.is_symlink():
+                found.update(p for p in match.rglob("*") if p.is_file() or p.is_symlink())
+            elif match.is_file() or match.is_symlink():
+                found.add(match)
+    return {p for p in found if _inside(root, p.parent)}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def head_commit(root: Path) -> str:
+    """HEAD's commit from the repo's own ``.git`` files ("" without one).
+
+    Read, not asked of git: git on the host would honour the target's own config
+    (``core.fsmonitor`` runs a command). Falls back to HEAD's text when a ref cannot be
+    resolved, so a detached or odd checkout still keys on something.
+    """
+    git = root / ".git"
+    if git.is_file():  # a worktree or submodule: "gitdir: <path>"
+        git = (root / _read(git).removeprefix("gitdir:").strip()).resolve()
+    head = _read(git / "HEAD")
+    if not head.startswith("ref:"):
+        return head
+    ref = head.removeprefix("ref:").strip()
+    common = git / _read(git / "commondir") if _read(git / "commondir") else git
+    for base in (git, common):
+        if _SHA_RE.fullmatch(sha := _read(base / ref)):
+            return sha
+    for line in _read(common / "packed-refs").splitlines():
+        sha, _, name = line.partition(" ")
+        if name.strip() == ref and _SHA_RE.fullmatch(sha):
+            return sha
+    return head
+
+
 def cache_key(
     repo_root: Path,
     spec: BootstrapSpec,
@@ -167,7 +245,7 @@ def cache_key(
     base_image_id: str,
     extra_env: Mapping[str, str],
 ) -> tuple[str, dict[str, str]]:
-    """The snapshot key and the per-input hashes it was made of."""
+    """The snapshot key and the inputs it was made of (name -> hash, or the path/commit)."""
     root = repo_root.resolve()
     workdir = root / spec.workdir if spec.workdir else root
     files = set(_named_files(root, workdir, spec.cmds))
@@ -177,14 +255,26 @@ def cache_key(
     inputs = {
         "runner:cache_version": CACHE_VERSION,
         "image:base": base_image_id,
+        # Whose bootstrap it is: another checkout never starts from this one's snapshot.
+        "repo:path": str(root),
+        "repo:commit": head_commit(root),
         ".aider_fsm/bootstrap.yml": hashlib.sha256(bootstrap_text).hexdigest(),
         "env_file": hashlib.sha256(
             "\0".join(f"{k}={v}" for k, v in sorted(extra_env.items())).encode()
         ).hexdigest(),
     }
+    if spec.inputs is None:
+        # Bootstrap may read any file it was given: all of them decide what it produced.
+        tree, count = tree_digest(root)
+        inputs["repo:tree"] = f"{tree} ({count} files)"
+    else:
+        declared = _declared_files(root, spec.inputs)
+        inputs["repo:declared_inputs"] = hashlib.sha256("\0".join(spec.inputs).encode()).hexdigest()
+        for path in sorted(declared):
+            inputs[f"file:{path.relative_to(root).as_posix()}"] = _entry_digest(path)
     for path in sorted(files):
         if _inside(root, path):
-            inputs[path.relative_to(root).as_posix()] = _sha256_file(path)
+            inputs[f"file:{path.relative_to(root).as_posix()}"] = _sha256_file(path)
     blob = "\n".join(f"{name}\0{value}" for name, value in sorted(inputs.items()))
     return hashlib.sha256(blob.encode()).hexdigest()[:24], inputs
 
