@@ -132,16 +132,20 @@ class EnvSession:
         """Tear down a running deploy (per policy) and remove the sandbox. Idempotent."""
         if self.state == State.CLOSED:
             return
-        try:
+        # Each step runs even when the one before raised (issue 15 item 14): a failed
+        # teardown still removes the sandbox, a failed removal still records the close.
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(lambda: write_manifest(self._facts()))  # last: hashes the run dir
+            cleanup.callback(self._transition, State.CLOSED)
+            cleanup.callback(self._remove_sandbox)
+            cleanup.callback(collect_samples, self.run_dir, self._sandbox)  # while it is open
             if self._deployed and self._sandbox is not None:
                 self._teardown(self._new_pass("final_teardown"), success=True)
-        finally:
-            collect_samples(self.run_dir, self._sandbox)  # for the manifest, while it is open
-            if self._sandbox is not None:
-                self._sandbox.close()
-                self._sandbox = None
-            self._transition(State.CLOSED)
-            write_manifest(self._facts())  # last: it hashes every file of the run dir
+
+    def _remove_sandbox(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
 
     def _facts(self) -> SessionFacts:
         """This session as its manifest records it."""
@@ -456,24 +460,36 @@ class EnvSession:
         budget = [max(0, repair_iters)]
         p: Pass | None = None
         result = EvaluationResult(ok=False, artifacts_dir=self.run_dir.path / "env_api")
-        try:
+        # Cleanup runs in order and each step even when an earlier one raised (issue 15
+        # item 14: a copy-out that raised used to skip teardown and close, leaving the
+        # container running and the run dir without its final events).
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(self._write_report_quietly)
+            cleanup.callback(self.close)
+            cleanup.callback(lambda: self._final_teardown(result.ok))
+
+            def final_pull() -> None:  # the last pass, whichever it is by then
+                if p is not None:
+                    self._pull_stage_files(p)
+
+            cleanup.callback(final_pull)
             while True:
                 p = self._new_pass("evaluation")
                 result = self._evaluate_once(p, mode, overrides)
                 if result.ok or not self._repair(p.verify, result.reason, overrides, budget):
                     break
                 self._start(None, overrides)
-        finally:
-            if p is not None:
-                self._pull_stage_files(p)
-            if self._deployed:
-                self._teardown(self._new_pass("final_teardown"), success=result.ok)
-            self.close()
-            with contextlib.suppress(OSError, ValueError):  # a report is a convenience
-                write_report(self.run_dir.path)
         if artifacts_dir is not None:
             result.artifacts_dir = export_env_api(self.run_dir, artifacts_dir)
         return result
+
+    def _final_teardown(self, ok: bool) -> None:
+        if self._deployed:
+            self._teardown(self._new_pass("final_teardown"), success=ok)
+
+    def _write_report_quietly(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a report is a convenience
+            write_report(self.run_dir.path)
 
     def _evaluate_once(self, p: Pass, mode: str, overrides: Mapping[str, str]) -> EvaluationResult:
         result = EvaluationResult(

@@ -186,3 +186,38 @@ def test_very_deep_artifact_folder_is_refused_not_raised(
         sess.close()
     assert res.metrics == {"ok": True, "score": 1}
     assert labelled_containers(sess.run_id) == []
+
+
+def test_an_exception_in_the_final_copy_out_still_tears_down_and_closes(
+    tmp_path: Path, default_image: str
+) -> None:
+    # Issue 15 item 14. The final copy-out of the evaluation pass raises: a plain file
+    # stands where its stage files must land, as a host fault would (disk, permissions).
+    # The stage itself leaves artifacts to copy, so the pull has work to do.
+    evaluation = (
+        'echo evidence > "$AIDER_FSM_ARTIFACTS_DIR/log.txt"\n'
+        """echo '{"ok": true, "score": 1}' > .aider_fsm/metrics.json\n"""
+    )
+    repo = make_repo(tmp_path / "repo", evaluation=evaluation)
+    holder: list[EnvSession] = []
+
+    def progress(msg: str) -> None:
+        if msg.startswith("stage evaluation "):
+            sess = holder[0]
+            blocker = sess.artifacts_dir / "env_api" / "evaluation_attempt_01" / "stage_files"
+            blocker.write_text("not a folder\n")
+
+    sess = docker_setup(repo, progress=progress)
+    holder.append(sess)
+    try:
+        with pytest.raises(OSError):
+            sess.evaluate(llm="m", repair_iters=0)
+        # Checked while the session object is alive: no finalizer has cleaned up for it.
+        assert labelled_containers(sess.run_id) == [], "the sandbox was left running"
+        kinds = [(e["kind"], e.get("stage"), e.get("to_state")) for e in _events(sess)]
+        assert ("stage_end", "deploy_teardown", None) in kinds, "teardown was skipped"
+        assert kinds[-1] == ("transition", None, "CLOSED"), kinds[-3:]
+        assert (sess.artifacts_dir / "manifest.json").is_file()
+        assert str(sess.state) in ("CLOSED", "State.CLOSED")
+    finally:
+        sess.close()
