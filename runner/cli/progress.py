@@ -5,7 +5,8 @@ as plain timestamped lines otherwise so CI logs stay readable, and not at all wi
 ``--quiet``. :class:`StageView` builds it from the session's ``progress`` lines and the
 ``events.jsonl`` the session appends. :func:`print_summary` prints the result of a run
 (also of a past one, for ``fsm-runner show``) from the same :func:`runner.runs.report.load_run`
-structure ``report.md`` is written from.
+structure ``report.md`` is written from. Nothing from the target reaches the terminal
+with its control sequences (``strip_controls``: issue 15 item 11).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 
 from runner.runs.report import CommandRow, RunSummary, command_row, fmt_seconds
+from runner.trust.terminal import strip_controls
 
 if TYPE_CHECKING:
     from runner.contract import ActionsSpec, BootstrapSpec, PipelineSpec
@@ -75,7 +77,8 @@ def _last_output(cmd: CommandRow, run_dir: Path) -> str:
         try:
             with open(cmd.log(run_dir, kind), "rb") as fh:
                 fh.seek(max(0, fh.seek(0, os.SEEK_END) - 2048))
-                lines = fh.read().decode(errors="replace").strip().splitlines()
+                text = strip_controls(fh.read().decode(errors="replace"))
+                lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         except OSError:
             continue
         if lines:
@@ -124,6 +127,7 @@ class StageView:
 
     def __call__(self, msg: str) -> None:
         """The session's ``progress`` callback: one line per step."""
+        msg = strip_controls(msg)  # commands and output lines come from the target
         with self._lock:
             self._poll()
             if m := _STAGE_LINE.match(msg):
@@ -139,7 +143,8 @@ class StageView:
                 self._say(msg)
 
     def _say(self, msg: str) -> None:
-        self.console.print(f"[{time.monotonic() - self._t0:6.1f}s] {msg}", markup=False)
+        line = strip_controls(msg)  # event reasons quote the target's output
+        self.console.print(f"[{time.monotonic() - self._t0:6.1f}s] {line}", markup=False)
 
     def _poll(self) -> None:
         """Apply the events appended since the last call (whole lines only)."""
@@ -235,7 +240,8 @@ def print_summary(s: RunSummary, console: Console) -> None:
         console.print(f"  command: {last.cmd}  ({last.outcome})", markup=False)
         for kind in ("stderr", "stdout"):
             log = last.log(s.path, kind)
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
+            text = strip_controls(log.read_text(errors="replace")) if log.exists() else ""
+            tail = [ln for ln in text.strip().splitlines() if ln.strip()][-5:]
             console.print(f"  {kind}: {log}", markup=False)
             for line in tail:
                 console.print(f"    | {line}", markup=False, style="dim")

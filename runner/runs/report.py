@@ -3,7 +3,9 @@
 ``events.jsonl`` is the source of truth (the session appends every stage and command
 to it); ``sandbox.json`` adds the container profile and ``<stage>_summary.json`` files
 fill in stages whose events were lost (a crash between a stage's end and its event).
-This module only reads the run dir; the one file it writes, ``report.md``, goes through
+Text that came from the target (reasons, commands, findings) is stripped of terminal
+control sequences as it is read (:func:`runner.trust.terminal.strip_controls`), so
+neither the terminal nor ``report.md`` shows a target's escapes. This module only reads the run dir; the one file it writes, ``report.md``, goes through
 :class:`runner.runs.run_dir.RunDir`, the only writer there. ``fsm-runner show`` and
 ``fsm-runner runs`` read runs through :func:`load_run` too, so the terminal and the
 report always agree; :func:`summary_json` is the same structure for ``--json``.
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.runs.run_dir import EVENTS_FILE, RunDir
+from runner.trust.terminal import strip_controls
 
 REPORT_FILE = "report.md"
 _END_KINDS = ("rollout_end", "evaluation_end")
@@ -165,14 +168,14 @@ def command_row(ev: dict[str, Any]) -> CommandRow:
         stage=str(ev.get("stage", "?")),
         index=_opt_int(ev.get("index")) or 0,
         attempt=_opt_int(ev.get("attempt")) or 0,
-        cmd=str(ev.get("cmd", "")),
+        cmd=strip_controls(str(ev.get("cmd", ""))),
         rc=_opt_int(ev.get("rc")),
         duration_s=_opt_float(ev.get("duration_s")),
         dir=str(ev.get("dir", "")),
         timed_out=ev.get("timed_out") is True,
         oom_killed=ev.get("oom_killed") is True,
         truncated=ev.get("truncated") is True,
-        blocked_reason=ev.get("blocked_reason")
+        blocked_reason=strip_controls(ev["blocked_reason"])
         if isinstance(ev.get("blocked_reason"), str)
         else None,
     )
@@ -207,27 +210,29 @@ def load_run(run_dir: Path) -> RunSummary:
             row = open_rows.pop(str(ev.get("stage")))
             row.ok = ev.get("ok") is True
             row.duration_s = _opt_float(ev.get("duration_s"))
-            row.reason = str(ev.get("reason") or "")
+            row.reason = strip_controls(str(ev.get("reason") or ""))
         elif kind == "transition":
             summary.state = ev.get("to_state")
         elif kind in _END_KINDS:
             summary.phase = str(kind).removesuffix("_end")
             summary.ok = ev.get("ok") is True
             summary.failed_stage = ev.get("failed_stage")
-            summary.reason = str(ev.get("reason") or "")
+            summary.reason = strip_controls(str(ev.get("reason") or ""))
             if isinstance(ev.get("metrics"), dict):
                 summary.metrics = ev["metrics"]
             summary.samples = _opt_int(ev.get("samples")) or summary.samples
         elif isinstance(kind, str) and ("audit" in kind or kind == "stage_files_refused"):
             detail = {k: v for k, v in ev.items() if k not in ("ts", "kind")}
-            summary.findings.append(f"{kind}: {json.dumps(detail, default=str)}")
+            summary.findings.append(strip_controls(f"{kind}: {json.dumps(detail, default=str)}"))
     _add_unlogged_stages(summary)
     summary.sandbox = _read_json(run_dir / "sandbox.json")
     summary.policy = _read_json(run_dir / "policy.json")
     # The session writes contract and audit errors next to the commands, as *_error.txt.
     for path in sorted(run_dir.glob("env_api/*/*_error.txt")):
         if "audit" in path.name:
-            summary.findings.append(f"{path.relative_to(run_dir)}: {_first_line(path)}")
+            summary.findings.append(
+                strip_controls(f"{path.relative_to(run_dir)}: {_first_line(path)}")
+            )
         else:
             summary.error_files.append(path)
     return summary
@@ -370,7 +375,8 @@ def _mapping(value: object) -> dict[str, Any]:
 
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` into ``run_dir`` from what the run recorded; return its path."""
-    text = render_markdown(load_run(run_dir))
+    # Target text (reasons, commands, findings) cannot carry terminal escapes into it.
+    text = strip_controls(render_markdown(load_run(run_dir)))
     return RunDir(run_dir.name, run_dir).write_text(REPORT_FILE, text)
 
 

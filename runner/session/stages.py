@@ -17,6 +17,7 @@ from runner.contract import StageSpec
 from runner.errors import PolicyViolation
 from runner.runs.run_dir import CommandRecord, RunDir, mask_env
 from runner.trust.policy import CommandPolicy
+from runner.trust.terminal import strip_controls
 from sandbox import NetworkPolicy, Sandbox
 
 RC_BLOCKED = 126
@@ -229,10 +230,14 @@ class LiveTail:
         if now < self._next_at:
             return
         complete = pending[: pending.rfind(b"\n") + 1]
-        last = next((ln for ln in reversed(complete.split(b"\n")) if ln.strip()), None)
+        # Escapes from the target never reach the user's terminal (issue 15 item 11).
+        lines = (
+            strip_controls(ln.decode(errors="replace")).strip() for ln in complete.split(b"\n")
+        )
+        last = next((ln for ln in reversed(list(lines)) if ln), None)
         if last is None:
             return
-        line = self._redact(last.decode(errors="replace").strip())[:200]
+        line = self._redact(last)[:200]
         if line != self._last_sent:
             self._last_sent, self._next_at = line, now + self._interval
             self._progress(f"{self._stage} | {line}")
