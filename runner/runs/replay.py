@@ -12,12 +12,12 @@ are listed too, since they explain most differences.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.contract.outputs import parse_json
 from runner.errors import RunnerError
 from runner.runs.manifest import Manifest, load_manifest
 
@@ -173,7 +173,7 @@ def load_facts(run_dir: Path) -> RunFacts:
     metrics: dict[str, Any] | None = None
     if manifest.outputs.metrics is not None:
         try:
-            data = json.loads((run_dir / manifest.outputs.metrics.path).read_text(encoding="utf-8"))
+            data = parse_json((run_dir / manifest.outputs.metrics.path).read_text(encoding="utf-8"))
             metrics = data if isinstance(data, dict) else {"<value>": data}
         except (OSError, ValueError):
             metrics = None

@@ -34,12 +34,27 @@ def housekeeping(artifacts_dir: str, stale_outputs: tuple[str, ...]) -> str:
     return " && ".join(parts)
 
 
+class OutputTooLarge(ContractError):
+    """An output over the read cap: it is not brought back at all (issue 15 item 12: a
+    cut copy of metrics.json only ever read as "invalid_json", never as "too large")."""
+
+
 def read_output(sandbox: Sandbox, rel_path: str, limit: int = MAX_JSON_OUTPUT) -> bytes | None:
-    """The output's bytes, or None when it does not exist (or is a link, never followed)."""
+    """The output's bytes, or None when it does not exist (or is a link, never followed).
+
+    Raises:
+        OutputTooLarge: the file is bigger than ``limit`` bytes.
+    """
     try:
-        return sandbox.read_file(rel_path, limit=limit)
+        data = sandbox.read_file(rel_path, limit=limit + 1)
     except FileNotFoundError:
         return None
+    if len(data) > limit:
+        raise OutputTooLarge(
+            f"over the {limit}-byte cap: not read (a cut copy could only be invalid JSON)",
+            file=rel_path,
+        )
+    return data
 
 
 def write_host_output(repo_root: Path, rel_path: str, data: bytes | None) -> Path | None:

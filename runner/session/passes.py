@@ -12,9 +12,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.contract.outputs import omitted_note
 from runner.contract.paths import to_sandbox_rel
 from runner.runs.run_dir import RunDir, max_copy_bytes
-from runner.session.outputs_io import read_output, write_host_output
+from runner.session.outputs_io import OutputTooLarge, read_output, write_host_output
 from runner.session.results import VerificationResult
 from runner.session.stages import StageResult
 from sandbox import OMITTED_SUFFIX, Sandbox
@@ -35,8 +36,12 @@ def sync_output(
     sb: Sandbox, run_dir: RunDir, repo_root: Path, rel: str, p: Pass
 ) -> tuple[Path | None, Path | None]:
     """Read an output from the sandbox into the pass's mirror and the host's .aider_fsm/."""
-    data = read_output(sb, rel)
     mirror = p.host_dir / "outputs" / rel
+    try:
+        data = read_output(sb, rel)
+    except OutputTooLarge as exc:  # the validators report the note, not a cut copy
+        run_dir.write_text(omitted_note(mirror).relative_to(run_dir.path), exc.message)
+        return mirror, write_host_output(repo_root, rel, None)
     if data is not None:
         run_dir.write_bytes(mirror.relative_to(run_dir.path), data)
     host = write_host_output(repo_root, rel, None if data is None else run_dir.redact_bytes(data))

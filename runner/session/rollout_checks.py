@@ -7,10 +7,10 @@ rollout did not write in this run (or a link out of the workspace) can never pas
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from runner.contract import SamplesReport, validate_rollout_manifest, validate_samples_jsonl
+from runner.contract.outputs import parse_json
 from runner.contract.paths import ROLLOUT_JSON, to_sandbox_rel
 from runner.errors import ContractError
 from runner.runs.run_dir import RunDir, max_copy_bytes
@@ -35,10 +35,10 @@ def check_samples(
         )
     outputs = p.host_dir / "outputs"
     try:
-        manifest = json.loads(rollout_mirror.read_text())
+        manifest = parse_json(rollout_mirror.read_text())
         raw = manifest.get("paths", {}).get("samples_jsonl") if isinstance(manifest, dict) else None
-    except (ValueError, AttributeError):
-        raw = None
+    except (OSError, ValueError, AttributeError):
+        raw = None  # validate_rollout_manifest below says what is wrong with it
     rel = to_sandbox_rel(str(raw), sb.workspace) if isinstance(raw, str) and raw.strip() else None
     if rel is not None:
         dest = outputs / rel

@@ -252,7 +252,7 @@ def read_hints_exec(path: Path, *, limit: int = 4_000_000) -> list[str]:
     for line in read_text(path, limit).splitlines():
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a 100000-deep line (issue 15 item 12)
             continue
         if (
             isinstance(rec, dict)

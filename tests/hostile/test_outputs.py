@@ -221,3 +221,73 @@ def test_an_exception_in_the_final_copy_out_still_tears_down_and_closes(
         assert str(sess.state) in ("CLOSED", "State.CLOSED")
     finally:
         sess.close()
+
+
+PARSER_PIPELINE = """\
+version: 1
+rollout:
+  run_cmds: [python3 .aider_fsm/write.py rollout]
+evaluation:
+  run_cmds: [python3 .aider_fsm/write.py evaluation]
+  metrics_path: .aider_fsm/metrics.json
+"""
+# Writes well-formed outputs except the one the case names, which is 100000 levels deep
+# or holds a 5001-digit integer (beyond Python's int_max_str_digits).
+PARSER_WRITER = r"""
+import json, sys
+case = open(".aider_fsm/case").read().strip()
+target, _, attack = case.partition(":")
+bad = "[" * 100000 + "]" * 100000 if attack == "deep" else "9" * 5001
+sample = {"prompt": "p", "completion": "c", "reward": 1.0}
+if sys.argv[1] == "rollout":
+    with open("samples.jsonl", "w") as fh:
+        if target == "samples":
+            fh.write('{"prompt": "p", "completion": "c", "reward": ' + (bad if attack == "digits" else '1.0, "meta": ' + bad) + "}\n")
+        else:
+            fh.write(json.dumps(sample) + "\n")
+    text = json.dumps({"ok": True, "paths": {"samples_jsonl": "samples.jsonl"}})
+    if target == "rollout":
+        text = text[:-1] + ', "extra": ' + bad + "}"
+    open(".aider_fsm/rollout.json", "w").write(text)
+else:
+    text = '{"ok": true, "score": 1' + (', "extra": ' + bad if target == "metrics" else "") + "}"
+    open(".aider_fsm/metrics.json", "w").write(text)
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "file", "why"),
+    [
+        ("metrics:deep", "metrics.json", "nested deeper than"),
+        ("metrics:digits", "metrics.json", "too many digits"),
+        ("rollout:deep", "rollout.json", "nested deeper than"),
+        ("rollout:digits", "rollout.json", "too many digits"),
+        ("samples:deep", "samples.jsonl:1", "recursion limit"),
+        ("samples:digits", "samples.jsonl:1", "number out of range"),
+    ],
+)
+def test_deep_or_long_numbers_in_outputs_are_a_reason_naming_the_file(
+    tmp_path: Path, default_image: str, case: str, file: str, why: str
+) -> None:
+    # Issue 15 item 12: these raised RecursionError or exited 2 without naming the file.
+    repo = make_repo(tmp_path / "repo", pipeline=PARSER_PIPELINE)
+    (repo / ".aider_fsm" / "write.py").write_text(PARSER_WRITER)
+    (repo / ".aider_fsm" / "case").write_text(case + "\n")
+    with docker_setup(repo) as sess:
+        if case.startswith("metrics"):
+            res = sess.evaluate(llm="m", repair_iters=0)
+            assert res.failed_stage == "metrics", res.reason
+        else:
+            res = sess.rollout(llm="m", require_samples=True, repair_iters=0)  # type: ignore[assignment]
+            assert res.failed_stage == "rollout", res.reason
+    assert not res.ok
+    assert file in res.reason and why in res.reason, res.reason
+    assert labelled_containers(sess.run_id) == []
+
+
+def test_metrics_over_the_read_cap_say_so(sparse_metrics: SparseMetricsRun) -> None:
+    # Issue 15 item 12: a 2 GB metrics.json read as its first 16 MiB was "invalid_json".
+    reason = sparse_metrics.res.reason
+    assert "output_too_large" in reason and "invalid_json" not in reason, reason
+    notes = list(sparse_metrics.sess.artifacts_dir.rglob("metrics.json.omitted"))
+    assert len(notes) == 1 and "cap" in notes[0].read_text()
