@@ -105,3 +105,8 @@ def test_inputs_load_from_bootstrap_yml_and_stay_inside(tmp_path: Path) -> None:
     with pytest.raises(ContractError) as err:
         load_bootstrap(path)
     assert err.value.line == 5 and "inputs" in str(err.value), str(err.value)
+
+
+def test_a_glob_with_a_partial_double_star_is_a_contract_error() -> None:
+    with pytest.raises(ValueError, match="whole path component"):
+        BootstrapSpec(cmds=("make",), inputs=("src/a**b",))

@@ -56,6 +56,8 @@ def _input_pattern(value: object) -> str:
     path = repo_relative(value)
     if path is None:
         raise ValueError("an input must name a file, folder or glob inside the repository")
+    if any("**" in part and part != "**" for part in path.split("/")):
+        raise ValueError("'**' must be a whole path component (src/**/*.py)")
     return path
 
 

@@ -204,14 +204,19 @@ class RunDir:
                 p = p.relative_to(self.path)
             except ValueError:
                 raise ValueError(f"{p} is not inside the run dir {self.path}") from None
-        target = self.path / _relative_parts(p) if p.parts else self.path
+        target = self.path / self._clean_parts(_relative_parts(p)) if p.parts else self.path
         target.mkdir(parents=True, exist_ok=True)
         if not target.resolve().is_relative_to(self.path.resolve()):
             raise ValueError(f"{target} resolves outside the run dir {self.path}")
         return target
 
+    def _clean_parts(self, rel: PurePosixPath) -> PurePosixPath:
+        # Names can come from the target (a samples path in rollout.json): no secret
+        # reaches the run dir's names either (issue 15 item 10).
+        return PurePosixPath(*(self._redactor.redact_name(part) for part in rel.parts))
+
     def _target(self, rel: str | Path) -> Path:
-        """A file path inside the run dir, its parent created.
+        """A file path inside the run dir, its parent created; names are redacted.
 
         Raises:
             ValueError: as :meth:`_dir`, or the path names the run dir itself.
@@ -219,7 +224,7 @@ class RunDir:
         p = Path(rel)
         if not p.parts or p == self.path:
             raise ValueError("a file name is needed")
-        return self._dir(p.parent) / p.name
+        return self._dir(p.parent) / self._redactor.redact_name(p.name)
 
     def subdir(self, *parts: str) -> Path:
         """``mkdir -p`` a directory inside the run dir and return it.
@@ -279,14 +284,18 @@ class RunDir:
     def scrub_tree(self, root: Path) -> int:
         """Redact every regular file under ``root`` in place (files pulled from the sandbox).
 
-        Returns the number of files changed. Symlinks are neither followed nor rewritten.
+        Names too: an entry whose name holds a secret is renamed (issue 15 item 10: a
+        stage's ``log_<password>.txt`` reached the run dir, the manifest and ``verify``).
+        Returns the number of files changed or renamed. Symlinks are neither followed nor
+        rewritten (a link whose name holds a secret is renamed, as a link).
 
         Raises:
             ValueError: ``root`` is not inside the run dir.
         """
         start = self._dir(root)
         changed = 0
-        for dirpath, _dirs, files in os.walk(start):
+        # Bottom-up, so a folder is renamed after everything inside it was handled.
+        for dirpath, dirs, files in os.walk(start, topdown=False):
             for name in files:
                 path = Path(dirpath) / name
                 if path.is_symlink() or not path.is_file():
@@ -299,7 +308,21 @@ class RunDir:
                 if clean != data:
                     self._put(path, clean)
                     changed += 1
+            for name in (*files, *dirs):
+                changed += self._scrub_name(Path(dirpath), name)
         return changed
+
+    def _scrub_name(self, parent: Path, name: str) -> int:
+        """Rename ``parent/name`` when its name holds a secret (never over another entry)."""
+        clean = self._redactor.redact_name(name)
+        if clean == name:
+            return 0
+        target, n = parent / clean, 0
+        while os.path.lexists(target):
+            n += 1
+            target = parent / f"{clean}.{n}"
+        os.rename(parent / name, target)  # renames a link itself, never what it points at
+        return 1
 
     def _scrub_large(self, path: Path) -> int:
         """Redact a big file in bounded memory: chunks overlapping by the longest secret."""

@@ -13,6 +13,9 @@ import threading
 from collections.abc import Mapping
 
 MIN_SECRET_LEN = 4
+ALWAYS_SECRET_LEN = 6
+"""A registered value this long is masked whatever it looks like, digits included (issue
+15 item 10: ``DB_PASSWORD=839201746553`` stayed readable because numbers were skipped)."""
 REDACTED = "***"
 
 _SECRET_KEY_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "PWD")
@@ -36,6 +39,15 @@ _TOKEN_TEXT = (
 )
 _TOKEN_TEXT_RE = re.compile(_TOKEN_TEXT)
 _TOKEN_BYTES_RE = re.compile(_TOKEN_TEXT.encode())
+
+
+def _secret_pattern(secret: str) -> str:
+    """A secret's regex. A number is matched only as a whole number: cutting
+    ``18392017465539`` or ``839201746553.5`` in the middle would corrupt JSON and hide
+    no secret."""
+    if _NUMERIC_RE.fullmatch(secret):
+        return rf"(?<!\d)(?<!\d\.){re.escape(secret)}(?!\d)(?!\.\d)"
+    return re.escape(secret)
 
 
 def secret_key(name: str) -> bool:
@@ -66,9 +78,15 @@ class SecretRedactor:
         self._bytes_re: re.Pattern[bytes] | None = None
 
     def add_secret(self, value: str) -> None:
-        """Mask ``value`` from now on (short, placeholder and numeric values are ignored)."""
+        """Mask ``value`` from now on.
+
+        Every value of ALWAYS_SECRET_LEN (6) characters or more is masked, numbers
+        included. Shorter ones only when they are at least MIN_SECRET_LEN long and
+        neither a placeholder (``none``, ``false``...) nor a number: masking ``1024``
+        everywhere would garble every log and hide nothing.
+        """
         core = value.strip()
-        if (
+        if len(core) < ALWAYS_SECRET_LEN and (
             len(core) < MIN_SECRET_LEN
             or core.lower() in _PLACEHOLDERS
             or _NUMERIC_RE.fullmatch(core)
@@ -101,8 +119,8 @@ class SecretRedactor:
             if self._text_re is None and self._secrets:
                 # Longest first: a secret that is a prefix of another must not leave a tail.
                 ordered = sorted(self._secrets, key=len, reverse=True)
-                self._text_re = re.compile("|".join(re.escape(s) for s in ordered))
-                self._bytes_re = re.compile(b"|".join(re.escape(s.encode()) for s in ordered))
+                self._text_re = re.compile("|".join(map(_secret_pattern, ordered)))
+                self._bytes_re = re.compile(b"|".join(_secret_pattern(s).encode() for s in ordered))
             return self._text_re, self._bytes_re
 
     def redact(self, text: str) -> str:
@@ -119,10 +137,28 @@ class SecretRedactor:
             data = bytes_re.sub(REDACTED.encode(), data)
         return _TOKEN_BYTES_RE.sub(REDACTED.encode(), data)
 
+    def is_secret_number(self, value: object) -> bool:
+        """A JSON number that is, as written, a registered secret (a PIN in metrics, say)."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        with self._lock:
+            return bool(self._secrets) and str(value) in self._secrets
+
+    def redact_name(self, name: str) -> str:
+        """A file or folder name with secrets masked; never empty, ``.`` or ``..``."""
+        clean = self.redact(name).replace("/", "_")
+        return clean if clean not in ("", ".", "..") else REDACTED
+
     def redact_obj(self, obj: object) -> object:
-        """:meth:`redact` on every string (keys too) of a JSON-like object; collections become lists."""
+        """:meth:`redact` on every string (keys too) of a JSON-like object; collections become lists.
+
+        A number that is itself a secret becomes the string ``***``, so the object
+        stays valid JSON (masking the serialised text would leave ``"pin": ***``).
+        """
         if isinstance(obj, str):
             return self.redact(obj)
+        if self.is_secret_number(obj):
+            return REDACTED
         if isinstance(obj, Mapping):
             return {
                 (self.redact(k) if isinstance(k, str) else k): self.redact_obj(v)

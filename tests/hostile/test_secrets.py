@@ -5,9 +5,12 @@ in every file the runner writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +176,50 @@ def test_api_key_in_a_samples_file_is_masked_in_the_run_dir(
     run = _run(tmp_path, key_in_samples=True)
     assert run.seen.get("rollout") == "yes"
     assert files_containing(run.sess.artifacts_dir, run.key) == []
+
+
+NUMERIC_PIPELINE = """\
+version: 1
+evaluation:
+  run_cmds: [bash .aider_fsm/stages/leak.sh]
+  metrics_path: .aider_fsm/metrics.json
+"""
+LEAK = r"""
+set -eu
+echo "password is $DB_PASSWORD"
+echo "stderr too: $DB_PASSWORD" >&2
+cd "$AIDER_FSM_ARTIFACTS_DIR"
+echo "$DB_PASSWORD" > "log_${DB_PASSWORD}.txt"
+mkdir -p "run_${DB_PASSWORD}/inner_${DB_PASSWORD}"
+echo ok > "run_${DB_PASSWORD}/inner_${DB_PASSWORD}/${DB_PASSWORD}"
+ln -s "log_${DB_PASSWORD}.txt" "link_${DB_PASSWORD}"
+cd "$AIDER_FSM_REPO_ROOT"
+printf '{"ok": true, "score": 1, "note": "pw %s", "%s": 1}' "$DB_PASSWORD" "$DB_PASSWORD" > .aider_fsm/metrics.json
+"""
+
+
+def test_numeric_secret_is_masked_in_contents_and_names(tmp_path: Path, default_image: str) -> None:
+    # Issue 15 item 10: a number is a secret too, and so is a file name that holds one.
+    secret = str(secrets.randbelow(9 * 10**11) + 10**11)  # 12 digits
+    repo = make_repo(tmp_path / "repo", pipeline=NUMERIC_PIPELINE)
+    (repo / ".aider_fsm" / "stages" / "leak.sh").write_text(LEAK)
+    with docker_setup(repo) as sess:
+        res = sess.evaluate(llm="m", env_overrides={"DB_PASSWORD": secret}, repair_iters=0)
+    assert res.ok, res.reason
+    run = sess.artifacts_dir
+    # Control: the stage's files did come back (under masked names).
+    names = {p.name for p in run.rglob("*")}
+    assert {"log_***.txt", "inner_***", "link_***", "***"} <= names, sorted(names)
+    assert files_containing(run, secret) == []
+    assert [p for p in run.rglob("*") if secret in p.name] == []
+    host_copy = repo / ".aider_fsm" / "metrics.json"
+    assert secret not in host_copy.read_text()
+    for line in (run / "events.jsonl").read_text().splitlines():
+        json.loads(line)  # masking never breaks a record
+    verify = subprocess.run(
+        [str(Path(sys.executable).parent / "fsm-runner"), "verify", str(run)],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert secret not in verify.stdout + verify.stderr
