@@ -16,11 +16,14 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     NonNegativeInt,
     PositiveInt,
 )
 
 __all__ = [
+    "MAX_RETRIES",
+    "MAX_SECONDS",
     "Command",
     "ContractModel",
     "EnvMap",
@@ -33,8 +36,28 @@ __all__ = [
     "none_to_empty_dict",
     "none_to_empty_tuple",
     "repo_relative",
+    "size_bytes",
     "version_one",
 ]
+
+MAX_SECONDS = 7 * 24 * 3600
+"""Longest timeout or time budget a contract may ask for (a week). Larger values are
+typos or attacks: ``timeout_seconds: 1e18`` overflowed the runner's clock arithmetic."""
+MAX_RETRIES = 100
+"""Most extra attempts per command; ``retries: 1e18`` meant retrying forever."""
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def size_bytes(text: str) -> int:
+    """Bytes of a Docker-style size (``512m``, ``2g``, ``1048576``).
+
+    Raises:
+        ValueError: not digits plus an optional b/k/m/g unit.
+    """
+    match = re.fullmatch(r"([0-9]+)([bkmg]?)", text.strip().lower())
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (digits + optional b/k/m/g, e.g. 512m)")
+    return int(match[1]) * _SIZE_UNITS[match[2]]
 
 
 class ContractModel(BaseModel):
@@ -126,8 +149,8 @@ def lower_or_default(default: str) -> Callable[[object], object]:
 
 Command = Annotated[str, AfterValidator(_command)]
 Commands = tuple[Command, ...] | None
-Seconds = Annotated[PositiveInt | None, BeforeValidator(_unset_if_falsy)]
-Retries = Annotated[NonNegativeInt, BeforeValidator(_zero_if_none)]
+Seconds = Annotated[PositiveInt | None, Field(le=MAX_SECONDS), BeforeValidator(_unset_if_falsy)]
+Retries = Annotated[NonNegativeInt, Field(le=MAX_RETRIES), BeforeValidator(_zero_if_none)]
 EnvMap = Annotated[
     dict[Annotated[str, BeforeValidator(_env_key)], Annotated[str, BeforeValidator(_env_value)]],
     BeforeValidator(none_to_empty_dict),

@@ -55,6 +55,7 @@ from runner.contract.fields import (
     lower_or_default,
     no_bool,
     none_to_empty_tuple,
+    size_bytes,
     version_one,
 )
 from runner.contract.yamlsrc import load_yaml, validate_model
@@ -235,13 +236,27 @@ Patterns = Annotated[
 ]
 
 
-Cpus = Annotated[PositiveFloat | None, Field(allow_inf_nan=False), BeforeValidator(no_bool)]
+MIN_MEMORY = "6m"
+"""Docker's own minimum for a memory limit."""
+MAX_MEMORY = "1024g"
+MAX_CPUS = 1024.0
+MAX_PIDS = 4_194_304
+"""The kernel's ceiling for pid_max."""
+
+Cpus = Annotated[
+    PositiveFloat | None, Field(allow_inf_nan=False, le=MAX_CPUS), BeforeValidator(no_bool)
+]
 
 
 def _memory(value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"[0-9]+[bkmg]?", value.lower()):
+    # 0 means "no limit" to Docker: a contract could only loosen with it (issue 15 item 5).
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]+[bkmg]?", value.lower()):
         raise ValueError("memory must look like 512m or 2g (digits + optional b/k/m/g)")
-    return value.lower() if value is not None else None
+    if not size_bytes(MIN_MEMORY) <= size_bytes(value) <= size_bytes(MAX_MEMORY):
+        raise ValueError(f"memory must be between {MIN_MEMORY} and {MAX_MEMORY}")
+    return value.lower()
 
 
 class SecuritySpec(ContractModel):
@@ -254,7 +269,7 @@ class SecuritySpec(ContractModel):
     denylist: Patterns = ()
     """Regexes (case-insensitive, re.search); a matching command is refused."""
     max_cmd_seconds: Seconds = None
-    """Cap on every command's timeout."""
+    """Cap on every command's timeout (tightens the runner's, never loosens it)."""
     max_total_seconds: Seconds = None
     """Time budget of one stage, checked before each command."""
     memory: Annotated[
@@ -262,11 +277,11 @@ class SecuritySpec(ContractModel):
         BeforeValidator(lambda v: str(no_bool(v)) if isinstance(v, int) else v),
         AfterValidator(_memory),
     ] = None
-    """Container memory limit (memory+swap), e.g. 2g; null = runner default."""
+    """Container memory limit (memory+swap), e.g. 2g; only lowers the caller's; null = the caller's."""
     cpus: Cpus = None
-    """Container CPU limit; null = runner default."""
-    pids: Annotated[PositiveInt | None, BeforeValidator(no_bool)] = None
-    """Container process-count limit; null = runner default."""
+    """Container CPU limit; only lowers the caller's; null = the caller's."""
+    pids: Annotated[PositiveInt | None, Field(ge=8, le=MAX_PIDS), BeforeValidator(no_bool)] = None
+    """Container process-count limit; only lowers the caller's; null = the caller's."""
     network: NetworkPolicy | None = None
     """Most network any stage may get (none < llm < egress); null = runner default."""
 

@@ -52,9 +52,10 @@ def run_actions(
                 name="actions",
                 cmds=(action.cmd or "",),
                 env={**plan.env, "AIDER_FSM_STAGE": "actions", "AIDER_FSM_ACTION_ID": label},
-                cmd_timeout=float(action.timeout_seconds)
-                if action.timeout_seconds
-                else plan.cmd_timeout,
+                # An action's own timeout never loosens the caps in the plan (item 5).
+                cmd_timeout=min(
+                    (t for t in (action.timeout_seconds, plan.cmd_timeout) if t), default=None
+                ),
                 retries=action.retries,
             )
             stage = run_stage(

@@ -96,6 +96,10 @@ def base_url(overrides: Mapping[str, str]) -> str | None:
     return None
 
 
+def _tightest(*caps: int | None) -> int | None:
+    return min((c for c in caps if c), default=None)
+
+
 def net(value: str | None) -> NetworkPolicy | None:
     return NetworkPolicy(value) if value else None
 
@@ -167,11 +171,14 @@ def plan_pipeline_stage(
         env.update(ctx.hints)
         env.update(trace_env(ctx.runner_root))
     sec = ctx.pipeline.security
-    max_cmd = limit_override("AIDER_FSM_MAX_CMD_SECONDS", overrides, spec.env) or (
-        sec.max_cmd_seconds if sec else None
+    # Every cap holds at once: the caller's (process env, overrides) and the contract's.
+    max_cmd = _tightest(
+        limit_override("AIDER_FSM_MAX_CMD_SECONDS", overrides, spec.env),
+        sec.max_cmd_seconds if sec else None,
     )
-    max_total = limit_override("AIDER_FSM_MAX_TOTAL_SECONDS", overrides, spec.env) or (
-        sec.max_total_seconds if sec else None
+    max_total = _tightest(
+        limit_override("AIDER_FSM_MAX_TOTAL_SECONDS", overrides, spec.env),
+        sec.max_total_seconds if sec else None,
     )
     plan = plan_stage(
         spec,

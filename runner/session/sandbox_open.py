@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.contract import BootstrapSpec, PipelineSpec
+from runner.contract.fields import size_bytes
 from runner.contract.paths import FIXED_OUTPUTS
 from runner.errors import SandboxError as RunnerSandboxError
 from runner.runs.run_dir import RunDir
@@ -50,15 +51,28 @@ def plan_bootstrap_cache(
         raise RunnerSandboxError(str(exc)) from exc
 
 
+def _magnitude(value: object) -> float:
+    """A limit as one comparable number: sizes (``512m``) in bytes, counts as they are."""
+    return float(size_bytes(value)) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+
+
 def sandbox_limits(pipeline: PipelineSpec, base: Limits) -> Limits:
-    """The session's limits, lowered (cpus, pids) or set (memory) by the contract's security."""
+    """The caller's limits, each lowered where the contract's ``security`` asks for less.
+
+    Generic over every :class:`Limits` field that ``security`` also has (memory, cpus,
+    pids today; a new one such as ``disk`` needs no change here): the contract may only
+    tighten (issue 15 item 5: ``security.memory: 4g`` used to replace the caller's
+    512m). A field the caller left unset (None) takes the contract's value.
+    """
     sec = pipeline.security
-    return dataclasses.replace(
-        base,
-        memory=(sec.memory if sec and sec.memory else base.memory),
-        cpus=(min(sec.cpus, base.cpus) if sec and sec.cpus else base.cpus),
-        pids=(min(sec.pids, base.pids) if sec and sec.pids else base.pids),
-    )
+    tighter: dict[str, Any] = {}
+    for f in dataclasses.fields(Limits):
+        wanted, have = getattr(sec, f.name, None), getattr(base, f.name)
+        if wanted is None:
+            continue
+        if have is None or _magnitude(wanted) < _magnitude(have):
+            tighter[f.name] = wanted
+    return dataclasses.replace(base, **tighter)
 
 
 def open_session_sandbox(

@@ -54,9 +54,36 @@ def base_stage_env(
 
 
 def limit_override(name: str, *envs: Mapping[str, str]) -> int | None:
-    """``AIDER_FSM_MAX_CMD_SECONDS``-style override: process env first, then stage envs."""
-    for env in (os.environ, *envs):
-        raw = env.get(name, "").strip()
-        if raw.isdigit() and int(raw) > 0:
-            return int(raw)
-    return None
+    """``AIDER_FSM_MAX_CMD_SECONDS``-style cap: the smallest of the process env and ``envs``.
+
+    The smallest, not the first: a cap set by the caller and one set by the contract
+    both hold (issue 15 item 5). Values that are not positive whole numbers are ignored.
+    """
+    found = [
+        int(raw)
+        for env in (os.environ, *envs)
+        if (raw := env.get(name, "").strip()).isdigit() and int(raw) > 0
+    ]
+    return min(found, default=None)
+
+
+DEFAULT_CMD_SECONDS = 3600
+"""Per-command timeout when nothing sets one (issue 15 item 5: a command without a
+timeout could run forever). ``FSM_RUNNER_DEFAULT_CMD_SECONDS`` changes it; a stage's
+``timeout_seconds`` (up to a week) sets its own; caps only lower either."""
+DEFAULT_CMD_SECONDS_ENV = "FSM_RUNNER_DEFAULT_CMD_SECONDS"
+
+
+def default_cmd_seconds() -> float:
+    """The runner's per-command timeout for commands that have none.
+
+    Raises:
+        ValueError: ``FSM_RUNNER_DEFAULT_CMD_SECONDS`` is set but not a positive whole
+            number of seconds (a bad value never means "no timeout").
+    """
+    raw = os.environ.get(DEFAULT_CMD_SECONDS_ENV, "").strip()
+    if not raw:
+        return float(DEFAULT_CMD_SECONDS)
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ValueError(f"{DEFAULT_CMD_SECONDS_ENV}={raw!r}: expected a positive whole number")
+    return float(int(raw))

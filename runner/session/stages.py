@@ -8,6 +8,7 @@ infrastructure raises.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from runner.contract import StageSpec
 from runner.errors import PolicyViolation
 from runner.runs.run_dir import CommandRecord, RunDir, mask_env
+from runner.session.stage_env import default_cmd_seconds
 from runner.trust.policy import CommandPolicy
 from runner.trust.terminal import strip_controls
 from sandbox import NetworkPolicy, Sandbox
@@ -152,6 +154,8 @@ def run_stage(
     outputs), run in the same exec just before the first command (and its retries): a
     separate exec would cost ~50 ms per stage. It is not part of the recorded command.
     """
+    if plan.cmd_timeout is None:  # nothing set one: the runner's default holds
+        plan = dataclasses.replace(plan, cmd_timeout=default_cmd_seconds())
     sandbox.set_network(plan.network)
     started = time.monotonic()
     results: list[CmdResult] = []

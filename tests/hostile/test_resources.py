@@ -13,7 +13,7 @@ import pytest
 
 import sandbox
 from tests.contract_repos import make_repo
-from tests.hostile import HostWatch, docker_setup, labelled_containers
+from tests.hostile import HostWatch, docker_setup, labelled_containers, sandbox_json
 
 pytestmark = pytest.mark.docker
 
@@ -140,4 +140,53 @@ def test_fork_bomb_is_contained_killed_and_teardown_still_runs(
     # The host kept starting processes quickly and saw at most the container's cap.
     assert watch.max_latency < 2.0, watch.latencies
     assert watch.pid_growth < LIMITS.pids + 272, watch.pid_growth
+    assert labelled_containers(sess.run_id) == []
+
+
+LOOSENING_PIPELINE = """\
+version: 1
+evaluation:
+  run_cmds:
+    - cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max
+    - bash .aider_fsm/stages/evaluation.sh
+  metrics_path: .aider_fsm/metrics.json
+security:
+  memory: 4g
+  cpus: 2
+  pids: 100000
+  max_cmd_seconds: 600000
+"""
+
+
+def test_a_contract_cannot_loosen_the_callers_limits(tmp_path: Path, default_image: str) -> None:
+    # Issue 15 item 5: security.memory: 4g replaced setup(limits=Limits(memory="512m")).
+    evaluation = """echo '{"ok": true, "score": 1}' > .aider_fsm/metrics.json\n"""
+    repo = make_repo(tmp_path / "repo", pipeline=LOOSENING_PIPELINE, evaluation=evaluation)
+    caller = sandbox.Limits(memory="512m", cpus=0.5, pids=200)
+    with docker_setup(repo, limits=caller) as sess:
+        res = sess.evaluate(llm="m", repair_iters=0)
+    assert res.ok, res.reason
+    limits = sandbox_json(sess)["limits"]
+    assert (limits["memory"], limits["cpus"], limits["pids"]) == ("512m", 0.5, 200), limits
+    out = next(sess.artifacts_dir.rglob("evaluation_cmd01_try01_stdout.txt")).read_text().split()
+    assert out == [str(512 << 20), "200"], out  # what the kernel enforces inside
+
+
+COMMAND_WITHOUT_TIMEOUT = """\
+version: 1
+evaluation:
+  run_cmds: [sleep 300]
+  metrics_path: .aider_fsm/metrics.json
+"""
+
+
+def test_a_command_without_any_timeout_gets_the_runners_default(
+    tmp_path: Path, default_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 15 item 5: with no timeout anywhere, a command could run forever.
+    monkeypatch.setenv("FSM_RUNNER_DEFAULT_CMD_SECONDS", "2")
+    repo = make_repo(tmp_path / "repo", pipeline=COMMAND_WITHOUT_TIMEOUT, bootstrap="")
+    with docker_setup(repo) as sess:
+        res = sess.evaluate(llm="m", repair_iters=0)
+    assert not res.ok and "timed out" in res.reason, res.reason
     assert labelled_containers(sess.run_id) == []
