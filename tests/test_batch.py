@@ -278,7 +278,14 @@ def test_pool_runs_all_jobs_and_a_failure_does_not_stop_the_others(tmp_path: Pat
         progress=lambda p: seen.append(p.event),
     )
     outcomes = [(r.job_id, r.outcome) for r in report.results]
-    assert outcomes == [("j0", "ok"), ("j1", "ok"), ("j2", "failed"), ("j3", "ok"), ("j4", "ok")]
+    why = {r.job_id: (r.reason, r.infra_errors) for r in report.results if r.outcome != "ok"}
+    assert outcomes == [
+        ("j0", "ok"),
+        ("j1", "ok"),
+        ("j2", "failed"),
+        ("j3", "ok"),
+        ("j4", "ok"),
+    ], why
     assert all(r.metrics == {"ok": True, "score": 0.5, "n": 8} for r in report.results if r.ok)
     assert report.summary["ok"] == 4 and report.summary["failed"] == 1
     assert report.summary["workers"] == 2 and seen[0] == "start" and seen[-1] == "end"
