@@ -151,16 +151,30 @@ class Sandbox(Protocol):
     def push(self, host_path: Path, sandbox_path: str) -> None: ...
 
     def pull(
-        self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
+        self,
+        sandbox_path: str,
+        host_path: Path,
+        *,
+        max_file_bytes: int | None = None,
+        max_total_bytes: int | None = None,
+        max_entries: int | None = None,
     ) -> list[str]:
-        """Copy ``sandbox_path`` out into host folder ``host_path``; return the names written.
+        """Copy ``sandbox_path`` out to the host; return the names written.
 
+        A folder's contents land in ``host_path``, which this call creates (it must not
+        exist: a copy never writes into an earlier one); a single file lands in the
+        folder ``host_path`` under its own name, never over an existing one. Links are
+        never created on the host: a folder lists them in ``.links.json``.
         A file over ``max_file_bytes`` is not copied: ``<name>.omitted`` says its size
         instead (a 256 MB sparse "samples" file must not become 256 MB on the host).
+        Past ``max_total_bytes`` (apparent sizes) or ``max_entries``, what is left
+        behind is named in ``.omitted`` at the top of the folder.
 
         Raises:
-            UnsafeArchive: a member is absolute, has ``..``, is a device, or a link escaping.
+            UnsafeArchive: a member is absolute, has ``..``, is a device or fifo, or a
+                link escaping; a single path that is a link; a taken file name.
             FileNotFoundError: ``sandbox_path`` does not exist.
+            FileExistsError: ``host_path`` exists and ``sandbox_path`` is a folder.
         """
         ...
 

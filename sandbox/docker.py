@@ -31,6 +31,7 @@ from . import procs
 from .archive import copy_tree, pack_dir
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .container_files import ContainerFiles
+from .copyout import CopyLimits
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
 from .images import ensure_image
@@ -402,11 +403,18 @@ class DockerSandbox:
         self._files.push(Path(host_path), self._resolve_cwd(sandbox_path))
 
     def pull(
-        self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
+        self,
+        sandbox_path: str,
+        host_path: Path,
+        *,
+        max_file_bytes: int | None = None,
+        max_total_bytes: int | None = None,
+        max_entries: int | None = None,
     ) -> list[str]:
         self._check_open()
         full = self._resolve_cwd(sandbox_path)
-        return self._files.pull(full, Path(host_path), max_file_bytes=max_file_bytes)
+        limits = CopyLimits(max_file_bytes, max_total_bytes, max_entries)
+        return self._files.pull(full, Path(host_path), limits)
 
 
 class _Background:
