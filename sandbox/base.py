@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, runtime_checkable
 
+from .disk import parse_size
+
 DEFAULT_OUTPUT_LIMIT = 1_000_000
 """Bytes of stdout (and of stderr) kept in memory per exec; the rest is counted, not kept."""
 
@@ -41,10 +43,18 @@ class ExecResult:
     timed_out: bool = False
     oom_killed: bool = False
     truncated: bool = False
+    disk_exceeded: bool = False
+    """The sandbox went over ``Limits.disk``: the command was killed (or refused, once the
+    sandbox is over), and the last line of ``stderr`` says by how much."""
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.oom_killed
+            and not self.disk_exceeded
+        )
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,20 @@ class Limits:
     tmp_size: str = "512m"
     """Size of the /tmp tmpfs."""
     shm_size: str = "64m"
+    disk: str | None = "10g"
+    """Disk the sandbox may fill (writable layer + workspace), written like ``memory``.
+    Measured from the host (``sandbox/disk.py``); over it, the sandbox's processes are
+    killed and it runs nothing more. None: no budget, chosen explicitly by the caller
+    (a sandbox that cannot measure it refuses to open otherwise)."""
+
+    def __post_init__(self) -> None:
+        """Refuse a budget that is no budget (0, negative, absurd) at once, not at open.
+
+        Raises:
+            ValueError: ``disk`` is not like ``10g`` or outside 1m..1p.
+        """
+        if self.disk is not None:
+            parse_size(self.disk)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ class CommandRecord:
     oom_killed: bool = False
     truncated: bool = False
     blocked_reason: str | None = None
+    disk_exceeded: bool = False
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -427,6 +428,7 @@ class RunDir:
             "oom_killed": result.oom_killed,
             "truncated": result.truncated,
             "blocked_reason": result.blocked_reason,
+            "disk_exceeded": result.disk_exceeded,
         }
         texts = {"cmd.txt": cmd, "stdout.txt": result.stdout, "stderr.txt": result.stderr}
         files = {suffix: self._text_bytes(text) for suffix, text in texts.items()}
