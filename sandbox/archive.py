@@ -2,10 +2,10 @@
 
 Going in, we build the tar ourselves from a host folder (files, dirs and symlinks as
 they are; owners reset to root). Coming out, the tar was produced by code we do not
-trust: every member is checked *before* anything is written, and extraction uses
-``tarfile``'s ``data`` filter as a second net. A container symlink to ``/etc/passwd``
-comes back as a link (docker's archive API does not follow it) and is refused when it
-points outside the destination.
+trust and is read as a stream: every member is checked as it comes (no absolute path,
+no ``..``, no device or fifo, no link leaving the folder) and written by
+``copyout.HostTree``, which never creates a link on the host (a container symlink comes
+back as an entry of ``.links.json``) and removes the whole copy when a member is refused.
 """
 
 from __future__ import annotations

@@ -85,18 +85,22 @@ def _walk(root: str, seen: set[tuple[int, int]], stop_above: int) -> int:
         with it:
             for entry in it:
                 try:
+                    if not entry.is_file(follow_symlinks=False):
+                        # Folders, links, whiteouts: one block each, told apart by the
+                        # entry's type without a stat (a big folder's entries count anyway).
+                        total += MIN_ENTRY_BYTES
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        continue
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                is_dir = stat.S_ISDIR(st.st_mode)
-                if not is_dir and st.st_nlink > 1:
+                if st.st_nlink > 1:
                     key = (st.st_dev, st.st_ino)
                     if key in seen:
                         continue
                     seen.add(key)
                 total += max(st.st_blocks * 512, MIN_ENTRY_BYTES)
-                if is_dir:
-                    stack.append(entry.path)
                 if total > stop_above:
                     return total
     return total

@@ -157,3 +157,50 @@ def test_replace_tree_swaps_whole_copies(tmp_path: Path) -> None:
     copyout.replace_tree(tmp_path, "b", "current")
     assert (tmp_path / "current" / "f").read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current"]
+
+
+# -- the disk budget's parts that need no engine -------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["0", "0g", "-1g", "512k", "1e29", "2p", "10 gigabytes", ""])
+def test_a_disk_budget_that_is_no_budget_is_refused_at_once(bad: str) -> None:
+    from sandbox import Limits
+
+    with pytest.raises(ValueError, match="disk budget"):
+        Limits(disk=bad)
+
+
+def test_disk_budgets_parse_like_memory_limits() -> None:
+    from sandbox import Limits
+    from sandbox.disk import human, parse_size
+
+    assert Limits().disk == "10g"
+    assert Limits(disk=None).disk is None  # the caller's explicit "no budget"
+    assert parse_size("64m") == 64 << 20 and parse_size("10G") == 10 << 30
+    assert human(int(10.3 * (1 << 30))) == "10.3g"
+
+
+def test_a_budget_that_cannot_be_measured_refuses_to_open() -> None:
+    """No writable layer visible (another storage driver, a remote engine): fail closed."""
+    from sandbox.disk import install
+    from sandbox.errors import SandboxError
+
+    attrs = {"GraphDriver": {"Name": "btrfs", "Data": {}}}
+    with pytest.raises(SandboxError, match=r"disk budget 10g cannot be enforced.*btrfs"):
+        install("10g", attrs, None, Path("/proc/self/cgroup"), os.getpid())
+    assert install(None, attrs, None, None, os.getpid()) is None
+
+
+@pytest.mark.parametrize("name", ["FSM_RUNNER_MAX_PASS_BYTES", "FSM_RUNNER_MAX_PASS_ENTRIES"])
+def test_pass_caps_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    from runner.errors import RunnerError
+    from runner.runs.run_dir import max_pass_bytes, max_pass_entries
+
+    read = max_pass_bytes if name.endswith("BYTES") else max_pass_entries
+    assert read() == (256 << 20 if name.endswith("BYTES") else 10_000)
+    monkeypatch.setenv(name, "123")
+    assert read() == 123
+    for bad in ("0", "-5", "lots"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(RunnerError, match=name):
+            read()

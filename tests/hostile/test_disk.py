@@ -143,3 +143,38 @@ def test_many_small_files_stop_at_the_pass_entry_cap(
     assert "over the" in note and "-entry limit" in note, note[:500]
     listed = note.count("\n") - 1
     assert listed >= 2000 - 300 - 5 or "more entries not copied" in note, listed
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        # Done in a blink: only the check when the command ends can see it.
+        "fallocate -l 200M /root/blob",
+        # Unlinked at once and kept open by a process left behind: in no folder at all.
+        "nohup python3 -c \"import os,time; f=open('/root/x','wb'); os.unlink('/root/x');"
+        " f.write(b'a'*(200<<20)); f.flush(); time.sleep(600)\" >/dev/null 2>&1 & sleep 3",
+    ],
+    ids=["fallocate", "deleted-but-open"],
+)
+def test_the_budget_counts_what_no_folder_walk_would_see_in_time(
+    default_image: str, attack: str
+) -> None:
+    spec = sandbox.SandboxSpec(image=default_image, limits=sandbox.Limits(disk="64m"))
+    with sandbox.open_sandbox(spec) as sb:
+        res = sb.exec(attack, timeout=60)
+        assert res.disk_exceeded and not res.ok, res
+        assert "disk budget 64m exceeded: " in res.stderr.splitlines()[-1], res.stderr
+        after = sb.exec("echo still running")
+        assert after.disk_exceeded and after.stdout == "", after  # runs nothing more
+        assert sb.describe()["disk"]["exceeded"] is True
+
+
+def test_no_budget_is_an_explicit_choice_recorded_as_such(default_image: str) -> None:
+    spec = sandbox.SandboxSpec(image=default_image, limits=sandbox.Limits(disk=None))
+    with sandbox.open_sandbox(spec) as sb:
+        assert sb.describe()["disk"] == {
+            "budget": None,
+            "enforced": False,
+            "why": "Limits(disk=None)",
+        }
+        assert sb.exec("fallocate -l 100M /root/blob && echo ok").ok
