@@ -42,6 +42,8 @@ OMITTED_SUFFIX = ".omitted"
 RESERVED = frozenset({LINKS_FILE, OMITTED_FILE})
 """Names at the top of a copy that are the runner's; a sandbox entry with one stays behind."""
 
+MAX_DEPTH = 64
+"""Folders deeper than this stay behind (a 1500-level tree must not exhaust the stack)."""
 MAX_LISTED = 1000
 """Entries named one by one in ``.omitted``; the rest are counted."""
 _MAX_LISTED_NAME = 512
@@ -166,6 +168,9 @@ class HostTree:
         if parent not in self._made:
             self._omitted_more += 1  # inside a folder left behind: counted, not listed
             return None
+        if rel.count("/") >= MAX_DEPTH:
+            self.omit(rel, f"deeper than {MAX_DEPTH} levels")
+            return None
         if not parent and name in RESERVED:
             self.omit(rel, "the name is reserved for the runner's listing")
             return None
@@ -186,7 +191,8 @@ class HostTree:
     def omit(self, rel: str, reason: str) -> None:
         """Name ``rel`` in ``.omitted`` (the first :data:`MAX_LISTED`; the rest counted)."""
         if len(self._omitted) < MAX_LISTED:
-            self._omitted.append((rel[:_MAX_LISTED_NAME], reason))
+            # Escaped: a name holding a newline cannot forge a line of the note.
+            self._omitted.append((json.dumps(rel[:_MAX_LISTED_NAME])[1:-1], reason))
         else:
             self._omitted_more += 1
 

@@ -204,3 +204,17 @@ def test_pass_caps_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, na
         monkeypatch.setenv(name, bad)
         with pytest.raises(RunnerError, match=name):
             read()
+
+
+def test_deep_trees_and_odd_names_stay_bounded_and_readable(tmp_path: Path) -> None:
+    tree = HostTree(tmp_path / "copy", CopyLimits(max_entries=70, max_total_bytes=50))
+    rel = "d"
+    for _ in range(70):  # a 1500-level tree arrives the same way, level by level
+        tree.add_dir(rel)
+        rel += "/d"
+    tree.add_file("x\nfake\tline", 5, io.BytesIO(b"x" * 5))
+    tree.add_file("y\nnext", 99, io.BytesIO(b"y" * 99))  # over the cap: named, escaped
+    tree.finish()
+    note = (tmp_path / "copy" / OMITTED_FILE).read_text()
+    assert f"\tdeeper than {copyout.MAX_DEPTH} levels" in note
+    assert "y\\nnext\t" in note and "\ny\n" not in note
