@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .archive import OMITTED_SUFFIX
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, Limits, NetworkPolicy, Sandbox, SandboxSpec
+from .copyout import OMITTED_SUFFIX
 from .errors import EngineUnavailable, ImageBuildError, SandboxClosed, SandboxError, UnsafeArchive
 
 

@@ -2,10 +2,10 @@
 
 Going in, we build the tar ourselves from a host folder (files, dirs and symlinks as
 they are; owners reset to root). Coming out, the tar was produced by code we do not
-trust: every member is checked *before* anything is written, and extraction uses
-``tarfile``'s ``data`` filter as a second net. A container symlink to ``/etc/passwd``
-comes back as a link (docker's archive API does not follow it) and is refused when it
-points outside the destination.
+trust and is read as a stream: every member is checked as it comes (no absolute path,
+no ``..``, no device or fifo, no link leaving the folder) and written by
+``copyout.HostTree``, which never creates a link on the host (a container symlink comes
+back as an entry of ``.links.json``) and removes the whole copy when a member is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .copyout import CopyLimits, HostTree, copy_single
 from .errors import UnsafeArchive
 
 SPOOL_MEMORY_BYTES = 32 * 1024 * 1024
@@ -183,15 +184,17 @@ def check_member_kind(name: str, kind: str, link_target: str = "") -> None:
     check_member(info)
 
 
-OMITTED_SUFFIX = ".omitted"
+MAX_SKIPPED_BYTES = 256 * 1024 * 1024
+"""A streamed pull stops reading once this much was left behind (files over a cap are
+still read past in a tar stream): the rest of the archive is named as not read."""
 
 
-def write_omitted_note(out: Path, size: int, cap: int) -> Path:
-    """Stand-in for a file too big to copy out: says what was left behind and why."""
-    note = out.with_name(out.name + OMITTED_SUFFIX)
-    note.parent.mkdir(parents=True, exist_ok=True)
-    note.write_text(f"not copied: {size} bytes, over the {cap}-byte limit for one file\n")
-    return note
+def _strip(name: str, strip_top: bool) -> str | None:
+    name = "/".join(p for p in name.split("/") if p not in ("", "."))
+    if not strip_top:
+        return name
+    _head, _, rest = name.partition("/")
+    return rest or None
 
 
 def safe_extract(
@@ -200,47 +203,69 @@ def safe_extract(
     *,
     strip_top: bool = False,
     max_file_bytes: int | None = None,
+    max_total_bytes: int | None = None,
+    max_entries: int | None = None,
 ) -> list[str]:
-    """Extract ``archive`` into ``dest`` after checking every member; return names written.
+    """Extract a tar (read as a stream) into the new folder ``dest``; return names written.
 
-    Nothing is written when any member is unsafe. ``strip_top`` drops the first path
-    component (docker returns ``basename/...`` for a folder).
+    Every member is checked as it comes; links are listed in ``.links.json``, never
+    created; caps as in :class:`~sandbox.copyout.CopyLimits`. ``strip_top`` drops the
+    first path component (docker returns ``basename/...`` for a folder). When a member
+    is unsafe, ``dest`` is removed again: nothing is left of the copy.
 
     Raises:
-        UnsafeArchive: see ``check_member``; also when the data filter refuses a member.
+        FileExistsError: ``dest`` exists (a copy never writes into an earlier one).
+        UnsafeArchive: see ``check_member``.
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=archive, mode="r:") as tar:
-        members = tar.getmembers()
-        for member in members:
-            check_member(member)
-        if strip_top:
-            kept = []
-            for member in members:
-                _head, _, rest = member.name.partition("/")
-                if not rest:
+    limits = CopyLimits(max_file_bytes, max_total_bytes, max_entries)
+    tree = HostTree(dest, limits)
+    try:
+        skipped = 0
+        with tarfile.open(fileobj=archive, mode="r|") as tar:
+            for member in tar:
+                check_member(member)
+                rel = _strip(member.name, strip_top)
+                if rel is None:
                     continue
-                member.name = rest
-                kept.append(member)
-            members = kept
-        # Links already checked relative to their original name; re-check after renaming.
-        for member in members:
+                if skipped > MAX_SKIPPED_BYTES:
+                    tree.omit(rel, "not read: the copy stopped after leaving this much behind")
+                    tree.omit("...", "the rest of the archive was not read")
+                    break
+                if member.isdir():
+                    tree.add_dir(rel)
+                elif member.isreg():
+                    if tree.add_file(rel, member.size, None):
+                        tree.add_file(rel, member.size, tar.extractfile(member))
+                    else:
+                        skipped += member.size
+                elif member.issym():
+                    tree.add_link(rel, member.linkname, "symlink")
+                else:  # a hard link: check_member allows nothing else
+                    tree.add_hardlink(rel, _strip(member.linkname, strip_top) or "")
+        return tree.finish()
+    except BaseException:
+        tree.abort()
+        raise
+
+
+def extract_single(archive: IO[bytes], dest_dir: Path, limits: CopyLimits) -> list[str]:
+    """The one regular file of a streamed tar into ``dest_dir``; return the name written.
+
+    Raises:
+        UnsafeArchive: the member is a link (never copied to the host), a device or a
+            fifo, or its name is taken in ``dest_dir``.
+        FileNotFoundError: the archive is empty.
+    """
+    with tarfile.open(fileobj=archive, mode="r|") as tar:
+        for member in tar:
             check_member(member)
-        omitted: list[str] = []
-        if max_file_bytes is not None:
-            big = {m.name for m in members if m.isreg() and m.size > max_file_bytes}
-            for member in members:
-                if member.name in big:
-                    write_omitted_note(dest / member.name, member.size, max_file_bytes)
-                    omitted.append(member.name + OMITTED_SUFFIX)
-            members = [m for m in members if m.name not in big]
-        try:
-            tar.extractall(str(dest), members=members, filter="data")
-        except tarfile.FilterError as exc:  # second net: the stdlib's own refusal
-            raise UnsafeArchive(
-                (getattr(exc, "tarinfo", None) and exc.tarinfo.name) or "?", str(exc)
-            ) from exc
-        return [m.name for m in members] + omitted
+            if not member.isreg():
+                raise UnsafeArchive(member.name, "a link: links are never copied to the host")
+            name = posixpath.basename(member.name.rstrip("/"))
+            fh = tar.extractfile(member)
+            assert fh is not None
+            return [copy_single(dest_dir, name, member.size, fh, limits)]
+    raise FileNotFoundError("empty archive")
 
 
 class ChunkStream(io.RawIOBase):
@@ -293,22 +318,6 @@ def open_single(chunks: Iterator[bytes]) -> Iterator[IO[bytes]]:
                 return
             break
         raise FileNotFoundError("not a regular file (links are never followed)")
-
-
-def read_single(archive: IO[bytes], limit: int) -> bytes:
-    """Return up to ``limit`` bytes of the single regular file in ``archive``.
-
-    Raises:
-        FileNotFoundError: the archive holds no regular file (a dir, or a link we refuse to follow).
-    """
-    with tarfile.open(fileobj=archive, mode="r:") as tar:
-        for member in tar:
-            if member.isreg():
-                fh = tar.extractfile(member)
-                assert fh is not None
-                return fh.read(limit)
-            break
-    raise FileNotFoundError("not a regular file (links are never followed)")
 
 
 def tar_bytes(entries: dict[str, bytes]) -> bytes:

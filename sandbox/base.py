@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, runtime_checkable
 
+from .disk import parse_size
+
 DEFAULT_OUTPUT_LIMIT = 1_000_000
 """Bytes of stdout (and of stderr) kept in memory per exec; the rest is counted, not kept."""
 
@@ -41,10 +43,18 @@ class ExecResult:
     timed_out: bool = False
     oom_killed: bool = False
     truncated: bool = False
+    disk_exceeded: bool = False
+    """The sandbox went over ``Limits.disk``: the command was killed (or refused, once the
+    sandbox is over), and the last line of ``stderr`` says by how much."""
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.oom_killed
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.oom_killed
+            and not self.disk_exceeded
+        )
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,20 @@ class Limits:
     tmp_size: str = "512m"
     """Size of the /tmp tmpfs."""
     shm_size: str = "64m"
+    disk: str | None = "10g"
+    """Disk the sandbox may fill (writable layer + workspace), written like ``memory``.
+    Measured from the host (``sandbox/disk.py``); over it, the sandbox's processes are
+    killed and it runs nothing more. None: no budget, chosen explicitly by the caller
+    (a sandbox that cannot measure it refuses to open otherwise)."""
+
+    def __post_init__(self) -> None:
+        """Refuse a budget that is no budget (0, negative, absurd) at once, not at open.
+
+        Raises:
+            ValueError: ``disk`` is not like ``10g`` or outside 1m..1p.
+        """
+        if self.disk is not None:
+            parse_size(self.disk)
 
 
 @dataclass(frozen=True)
@@ -151,16 +175,30 @@ class Sandbox(Protocol):
     def push(self, host_path: Path, sandbox_path: str) -> None: ...
 
     def pull(
-        self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
+        self,
+        sandbox_path: str,
+        host_path: Path,
+        *,
+        max_file_bytes: int | None = None,
+        max_total_bytes: int | None = None,
+        max_entries: int | None = None,
     ) -> list[str]:
-        """Copy ``sandbox_path`` out into host folder ``host_path``; return the names written.
+        """Copy ``sandbox_path`` out to the host; return the names written.
 
+        A folder's contents land in ``host_path``, which this call creates (it must not
+        exist: a copy never writes into an earlier one); a single file lands in the
+        folder ``host_path`` under its own name, never over an existing one. Links are
+        never created on the host: a folder lists them in ``.links.json``.
         A file over ``max_file_bytes`` is not copied: ``<name>.omitted`` says its size
         instead (a 256 MB sparse "samples" file must not become 256 MB on the host).
+        Past ``max_total_bytes`` (apparent sizes) or ``max_entries``, what is left
+        behind is named in ``.omitted`` at the top of the folder.
 
         Raises:
-            UnsafeArchive: a member is absolute, has ``..``, is a device, or a link escaping.
+            UnsafeArchive: a member is absolute, has ``..``, is a device or fifo, or a
+                link escaping; a single path that is a link; a taken file name.
             FileNotFoundError: ``sandbox_path`` does not exist.
+            FileExistsError: ``host_path`` exists and ``sandbox_path`` is a folder.
         """
         ...
 

@@ -10,6 +10,7 @@ Split out of ``docker.py``, which keeps the container's life and its processes.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -18,16 +19,10 @@ from typing import IO, Any
 import docker.errors
 
 from . import hostfs
-from .archive import (
-    open_single,
-    pack_path,
-    read_single,
-    safe_extract,
-    spool_chunks,
-    write_omitted_note,
-)
+from .archive import ChunkStream, extract_single, open_single, pack_path, safe_extract
+from .copyout import OMITTED_SUFFIX, CopyLimits, copy_single
 from .engine import engine_errors
-from .errors import SandboxError
+from .errors import SandboxError, UnsafeArchive
 
 
 class ContainerFiles:
@@ -54,8 +49,8 @@ class ContainerFiles:
         if rel is not None and self._volume_path is not None:
             return hostfs.read_beneath(self._volume_path, rel, limit)
         chunks, _ = self._stream_archive(full)
-        with spool_chunks(chunks) as archive:
-            return read_single(archive, limit)
+        with open_single(chunks) as fh:  # streamed: a huge file is never spooled whole
+            return fh.read(limit)
 
     @contextlib.contextmanager
     def open_file(self, full: str) -> Iterator[IO[bytes]]:
@@ -100,20 +95,37 @@ class ContainerFiles:
                 f"cannot create {path} in sandbox: {res.output.decode(errors='replace')}"
             )
 
-    def pull(self, full: str, host_path: Path, *, max_file_bytes: int | None = None) -> list[str]:
+    def pull(self, full: str, host_path: Path, limits: CopyLimits) -> list[str]:
         """Copy ``full`` out into the host folder ``host_path`` (see ``Sandbox.pull``)."""
         rel = self._in_volume(full)
         if rel is not None and self._volume_path is not None:
-            return hostfs.copy_beneath(
-                self._volume_path, rel, host_path, max_file_bytes=max_file_bytes
-            )
+            return hostfs.copy_beneath(self._volume_path, rel, host_path, limits)
         chunks, stat = self._stream_archive(full)
-        is_dir = bool(int(stat.get("mode", 0)) & (1 << 31))
+        mode = int(stat.get("mode", 0))
+        is_dir = bool(mode & _GO_MODE_DIR)
         size = int(stat.get("size", 0))
-        is_link = bool(stat.get("linkTarget"))
-        if not (is_dir or is_link) and max_file_bytes is not None and size > max_file_bytes:
+        if not is_dir and (stat.get("linkTarget") or mode & _GO_MODE_SYMLINK):
+            getattr(chunks, "close", lambda: None)()
+            raise UnsafeArchive(str(stat.get("name")), "a link: links are never copied to the host")
+        caps = [c for c in (limits.max_file_bytes, limits.max_total_bytes) if c is not None]
+        if not is_dir and caps and size > min(caps):
             getattr(chunks, "close", lambda: None)()  # decided from the stat: nothing moves
-            note = write_omitted_note(host_path / stat["name"], size, max_file_bytes)
-            return [note.name]
-        with spool_chunks(chunks) as archive:
-            return safe_extract(archive, host_path, strip_top=is_dir, max_file_bytes=max_file_bytes)
+            name = copy_single(host_path, str(stat["name"]), size, io.BytesIO(), limits)
+            assert name.endswith(OMITTED_SUFFIX)
+            return [name]
+        with ChunkStream(chunks) as raw, io.BufferedReader(raw, 1 << 20) as stream:
+            if is_dir:
+                return safe_extract(
+                    stream,
+                    host_path,
+                    strip_top=True,
+                    max_file_bytes=limits.max_file_bytes,
+                    max_total_bytes=limits.max_total_bytes,
+                    max_entries=limits.max_entries,
+                )
+            return extract_single(stream, host_path, limits)
+
+
+_GO_MODE_DIR = 1 << 31
+"""Go's ``os.ModeDir`` in the engine's ``X-Docker-Container-Path-Stat`` header."""
+_GO_MODE_SYMLINK = 1 << 27

@@ -27,10 +27,11 @@ import docker
 import docker.errors
 from docker.types import Mount, Ulimit
 
-from . import procs
+from . import disk, procs
 from .archive import copy_tree, pack_dir
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .container_files import ContainerFiles
+from .copyout import CopyLimits
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
 from .images import ensure_image
@@ -122,6 +123,14 @@ class DockerSandbox:
             self._host_kill = procs.host_can_inspect(self._procs_file)
             self._oom_file = procs.host_memory_oom_file(self._init_pid)
             self._oom_baseline: int | None = procs.read_oom_kills(self._oom_file)
+            # Issue 15 item 4: the disk budget, measured from the host (or refused here).
+            self._disk = disk.install(
+                spec.limits.disk,
+                self._container.attrs,
+                self._volume_path or disk.volume_mountpoint(self._container.attrs, self.workspace),
+                self._procs_file if self._host_kill else None,
+                self._init_pid,
+            )
             self._net = NetworkSwitch(
                 self._client, self._container, self.sandbox_id, spec.llm_endpoint
             )
@@ -197,6 +206,9 @@ class DockerSandbox:
             return
         self._closed = True
         _open_sandboxes.discard(self)
+        watch = getattr(self, "_disk", None)
+        if watch is not None:
+            watch.stop()
         net = getattr(self, "_net", None)
         # Already gone, or the reaper removes it by label: close never raises. Without a
         # handle (create timed out or was interrupted after the engine made it), by name.
@@ -249,7 +261,13 @@ class DockerSandbox:
                 "pids": lim.pids,
                 "nofile": lim.nofile,
                 "tmp": lim.tmp_size,
+                "disk": lim.disk,
             },
+            "disk": (
+                watch.describe()
+                if (watch := getattr(self, "_disk", None)) is not None
+                else {"budget": None, "enforced": False, "why": "Limits(disk=None)"}
+            ),
             "capabilities": CAPS,
             "security_opt": ["no-new-privileges"],
             "init": True,
@@ -273,6 +291,8 @@ class DockerSandbox:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         self._check_open()
+        if self._disk is not None and self._disk.over:
+            return _disk_refused(self._disk)
         marker = uuid.uuid4().hex
         full_env = {**self._base_env, **(env or {}), procs.MARKER_VAR: marker}
         workdir = self._resolve_cwd(cwd)
@@ -303,14 +323,20 @@ class DockerSandbox:
             sink.close()
         exit_code = self._exit_code(exec_id, timed_out)
         oom = self._oom_happened(exit_code)
+        # Checked once more at the end: a fast writer can finish between two polls.
+        over = self._disk is not None and self._disk.check()
+        stderr = sink.text(2)
+        if over and self._disk is not None:
+            stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + _disk_line(self._disk)
         return ExecResult(
             exit_code=exit_code,
             stdout=sink.text(1),
-            stderr=sink.text(2),
+            stderr=stderr,
             duration_s=time.monotonic() - started,
             timed_out=timed_out,
             oom_killed=oom,
             truncated=sink.truncated,
+            disk_exceeded=over,
         )
 
     def _resolve_cwd(self, cwd: str | None) -> str:
@@ -402,11 +428,18 @@ class DockerSandbox:
         self._files.push(Path(host_path), self._resolve_cwd(sandbox_path))
 
     def pull(
-        self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
+        self,
+        sandbox_path: str,
+        host_path: Path,
+        *,
+        max_file_bytes: int | None = None,
+        max_total_bytes: int | None = None,
+        max_entries: int | None = None,
     ) -> list[str]:
         self._check_open()
         full = self._resolve_cwd(sandbox_path)
-        return self._files.pull(full, Path(host_path), max_file_bytes=max_file_bytes)
+        limits = CopyLimits(max_file_bytes, max_total_bytes, max_entries)
+        return self._files.pull(full, Path(host_path), limits)
 
 
 class _Background:
@@ -430,6 +463,21 @@ class _Background:
         if self._error is not None:
             raise self._error
         return self._value
+
+
+def _disk_line(watch: disk.DiskWatch) -> str:
+    return f"fsm-runner: {watch.message()}; the sandbox's processes were killed\n"
+
+
+def _disk_refused(watch: disk.DiskWatch) -> ExecResult:
+    """What an exec gets once the sandbox is over its disk budget: not run at all."""
+    return ExecResult(
+        exit_code=126,
+        stdout="",
+        stderr=f"fsm-runner: {watch.message()}; nothing more runs in this sandbox\n",
+        duration_s=0.0,
+        disk_exceeded=True,
+    )
 
 
 def _can_fill_volumes() -> bool:

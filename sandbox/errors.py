@@ -47,7 +47,9 @@ class SandboxClosed(SandboxError):
 
 
 class UnsafeArchive(SandboxError):
-    """A tar member would escape the extraction folder or is not a plain file/dir/link."""
+    """A pulled entry would escape the copy, is not a plain file/dir/link, is a single
+    path that is a link (links are never copied to the host), or would take a host name
+    that already exists."""
 
     def __init__(self, member: str, reason: str) -> None:
         self.member = member

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import stat
 from pathlib import Path
 
-from .archive import OMITTED_SUFFIX, check_member_kind, write_omitted_note
+from .archive import check_member_kind
+from .copyout import CopyLimits, HostTree, copy_single
 from .errors import UnsafeArchive
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -89,75 +89,82 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def copy_beneath(
-    root: Path, rel: str, dest: Path, *, max_file_bytes: int | None = None
-) -> list[str]:
-    """Copy the folder (or file) ``rel`` under ``root`` into ``dest``; return names written.
-
-    Same rules as a safe pull: absolute or escaping links, devices and fifos are refused
-    (``UnsafeArchive``) and nothing is written when any entry is unsafe (checked in a
-    first pass); inner links are recreated as links. Each file is then reopened from the
-    root without following links, so an entry swapped for a link in between fails.
-
-    Raises:
-        FileNotFoundError: ``rel`` does not exist (or a link is on its path).
-        UnsafeArchive: an unsafe entry.
-    """
-    parts = _parts(rel)
-    try:
-        parent_fd = _open_dir(root, parts[:-1]) if parts else os.open(root, _DIR_FLAGS)
-    except OSError as exc:
-        raise FileNotFoundError(rel) from exc
-    entries: list[tuple[str, str, str]] = []  # (path relative to rel, kind, link target)
-    top_is_dir = True
-    try:
-        name = parts[-1] if parts else "."
-        try:
-            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        except OSError as exc:
-            raise FileNotFoundError(rel) from exc
-        if stat.S_ISDIR(st.st_mode):
-            _collect(os.open(name, _DIR_FLAGS, dir_fd=parent_fd), "", entries)
-        else:
-            top_is_dir = False
-            _collect_entry(parent_fd, name, name, st, entries)
-    finally:
-        os.close(parent_fd)
-    dest.mkdir(parents=True, exist_ok=True)
-    base = "/".join(parts) if top_is_dir else "/".join(parts[:-1])
-    written: list[str] = []
-    for path, kind, target in entries:
-        out = dest / path
-        if kind == "dir":
-            out.mkdir(parents=True, exist_ok=True)
-        elif kind == "link":
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(target, out)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = open_beneath(root, posixpath.join(base, path))
-            except FileNotFoundError as exc:
-                raise UnsafeArchive(path, "changed while being copied") from exc
-            with os.fdopen(fd, "rb") as src:
-                size = os.fstat(src.fileno()).st_size
-                if max_file_bytes is not None and size > max_file_bytes:
-                    write_omitted_note(out, size, max_file_bytes)
-                    written.append(path + OMITTED_SUFFIX)
-                    continue
-                with open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        written.append(path)
-    return written
-
-
 MAX_DEPTH = 64
 MAX_ENTRIES = 100_000
 """Bounds on a pulled tree: a hostile folder 1,500 levels deep or with millions of entries
 is refused instead of exhausting the stack, descriptors or disk."""
 
 
-def _collect(dir_fd: int, prefix: str, entries: list[tuple[str, str, str]], depth: int = 0) -> None:
+Entry = tuple[str, str, str, int]
+
+
+def copy_beneath(root: Path, rel: str, dest: Path, limits: CopyLimits) -> list[str]:
+    """Copy the folder (or file) ``rel`` under ``root`` out to the host; return names written.
+
+    A folder goes into the new folder ``dest`` (``copyout.HostTree``: links listed in
+    ``.links.json``, never created; caps; nothing left when refused); a single file
+    into the folder ``dest``. Same checks as a safe pull, all made on a listing taken
+    first, before anything is written: absolute or escaping links, devices, fifos and
+    sockets are refused. Each file is then reopened from ``root`` one component at a
+    time without following links, so an entry swapped for a link after the listing
+    fails the copy instead of leading outside.
+
+    Raises:
+        FileNotFoundError: ``rel`` does not exist (or a link is on its path).
+        FileExistsError: ``dest`` exists (a folder copy never writes into an earlier one).
+        UnsafeArchive: an unsafe entry, or one that changed while being copied.
+    """
+    parts = _parts(rel)
+    try:
+        parent_fd = _open_dir(root, parts[:-1]) if parts else os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        raise FileNotFoundError(rel) from exc
+    entries: list[Entry] = []  # (path under rel, kind, link target, size)
+    try:
+        name = parts[-1] if parts else "."
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except OSError as exc:
+            raise FileNotFoundError(rel) from exc
+        if not stat.S_ISDIR(st.st_mode):
+            _collect_entry(parent_fd, name, name, st, entries)
+            _path, kind, _target, size = entries[0]
+            if kind != "file":
+                raise UnsafeArchive(rel, "a link: links are never copied to the host")
+            return [_copy_one(root, rel, dest, size, limits)]
+        _collect(os.open(name, _DIR_FLAGS, dir_fd=parent_fd), "", entries)
+    finally:
+        os.close(parent_fd)
+    tree = HostTree(dest, limits)
+    try:
+        for path, kind, target, size in entries:
+            if kind == "dir":
+                tree.add_dir(path)
+            elif kind == "link":
+                tree.add_link(path, target, "symlink")
+            elif tree.add_file(path, size, None):
+                try:
+                    fd = open_beneath(root, posixpath.join(*parts, path))
+                except FileNotFoundError as exc:
+                    raise UnsafeArchive(path, "changed while being copied") from exc
+                with os.fdopen(fd, "rb") as src:
+                    tree.add_file(path, size, src)
+        return tree.finish()
+    except BaseException:
+        tree.abort()
+        raise
+
+
+def _copy_one(root: Path, rel: str, dest: Path, size: int, limits: CopyLimits) -> str:
+    try:
+        fd = open_beneath(root, rel)
+    except FileNotFoundError as exc:
+        raise UnsafeArchive(rel, "changed while being copied") from exc
+    with os.fdopen(fd, "rb") as src:
+        return copy_single(dest, posixpath.basename(rel), size, src, limits)
+
+
+def _collect(dir_fd: int, prefix: str, entries: list[Entry], depth: int = 0) -> None:
     try:
         if depth > MAX_DEPTH:
             raise UnsafeArchive(prefix, f"deeper than {MAX_DEPTH} levels")
@@ -167,7 +174,7 @@ def _collect(dir_fd: int, prefix: str, entries: list[tuple[str, str, str]], dept
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             path = posixpath.join(prefix, name) if prefix else name
             if stat.S_ISDIR(st.st_mode):
-                entries.append((path, "dir", ""))
+                entries.append((path, "dir", "", 0))
                 _collect(os.open(name, _DIR_FLAGS, dir_fd=dir_fd), path, entries, depth + 1)
             else:
                 _collect_entry(dir_fd, name, path, st, entries)
@@ -176,13 +183,13 @@ def _collect(dir_fd: int, prefix: str, entries: list[tuple[str, str, str]], dept
 
 
 def _collect_entry(
-    dir_fd: int, name: str, path: str, st: os.stat_result, entries: list[tuple[str, str, str]]
+    dir_fd: int, name: str, path: str, st: os.stat_result, entries: list[Entry]
 ) -> None:
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(name, dir_fd=dir_fd)
         check_member_kind(path, "link", target)
-        entries.append((path, "link", target))
+        entries.append((path, "link", target, 0))
     elif stat.S_ISREG(st.st_mode):
-        entries.append((path, "file", ""))
+        entries.append((path, "file", "", st.st_size))
     else:
         raise UnsafeArchive(path, "device, fifo or socket")

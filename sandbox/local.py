@@ -23,8 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from . import procs
-from .archive import pack_path, safe_extract
+from .archive import extract_single, pack_path, safe_extract
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
+from .copyout import CopyLimits
 from .errors import SandboxClosed, SandboxError
 from .output import OutputCallback, OutputSink
 
@@ -204,20 +205,35 @@ class LocalSandbox:
         self._check_open()
         dest = self._path(sandbox_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with pack_path(Path(host_path), dest.name) as archive:
-            safe_extract(archive, dest.parent)
+        src = Path(host_path)
+        # Host files the runner chose, into this sandbox's own copy: links kept as links.
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest, follow_symlinks=False)
 
     def pull(
-        self, sandbox_path: str, host_path: Path, *, max_file_bytes: int | None = None
+        self,
+        sandbox_path: str,
+        host_path: Path,
+        *,
+        max_file_bytes: int | None = None,
+        max_total_bytes: int | None = None,
+        max_entries: int | None = None,
     ) -> list[str]:
         self._check_open()
         src = self._path(sandbox_path)
         if not src.exists() and not src.is_symlink():
             raise FileNotFoundError(str(src))
+        limits = CopyLimits(max_file_bytes, max_total_bytes, max_entries)
         with pack_path(src, src.name, keep_special=True) as archive:
-            return safe_extract(
-                archive,
-                Path(host_path),
-                strip_top=src.is_dir() and not src.is_symlink(),
-                max_file_bytes=max_file_bytes,
-            )
+            if src.is_dir() and not src.is_symlink():
+                return safe_extract(
+                    archive,
+                    Path(host_path),
+                    strip_top=True,
+                    max_file_bytes=max_file_bytes,
+                    max_total_bytes=max_total_bytes,
+                    max_entries=max_entries,
+                )
+            return extract_single(archive, Path(host_path), limits)

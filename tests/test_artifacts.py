@@ -152,6 +152,7 @@ def test_record_command_uses_the_predecessor_file_names(tmp_path: Path) -> None:
         "oom_killed": True,
         "truncated": False,
         "blocked_reason": None,
+        "disk_exceeded": False,
     }
     assert list(result) == [
         "rc",
@@ -160,6 +161,7 @@ def test_record_command_uses_the_predecessor_file_names(tmp_path: Path) -> None:
         "oom_killed",
         "truncated",
         "blocked_reason",
+        "disk_exceeded",
     ]
     summary = json.loads((d / "evaluation_summary.json").read_text())
     assert summary == {"ok": False, "failed_index": 1, "total_results": 2}

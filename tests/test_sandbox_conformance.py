@@ -7,6 +7,7 @@ keep the promise without a container.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,11 +178,22 @@ def test_pull_refuses_fifo(sb: Sandbox, tmp_path: Path) -> None:
         sb.pull("art2", tmp_path / "d2")
 
 
-def test_pull_keeps_inner_links(sb: Sandbox, tmp_path: Path) -> None:
-    sb.exec("mkdir -p art3 && echo x > art3/t.txt && ln -s t.txt art3/inner")
-    sb.pull("art3", tmp_path / "d3")
-    assert (tmp_path / "d3" / "inner").is_symlink()
-    assert (tmp_path / "d3" / "inner").read_text() == "x\n"
+def test_pull_lists_inner_links_and_never_creates_them(sb: Sandbox, tmp_path: Path) -> None:
+    sb.exec(
+        "mkdir -p art3/d && echo x > art3/t.txt && ln -s t.txt art3/inner && ln art3/t.txt art3/d/hard"
+    )
+    names = sb.pull("art3", tmp_path / "d3")
+    dest = tmp_path / "d3"
+    links = json.loads((dest / ".links.json").read_text())["links"]
+    assert {"path": "inner", "kind": "symlink", "target": "t.txt"} in links
+    assert not (dest / "inner").exists() and not (dest / "inner").is_symlink()
+    assert (dest / "t.txt").read_text() == "x\n" and ".links.json" in names
+    # A hard link comes back as a file of its own: never linked on the host.
+    assert (dest / "d" / "hard").read_text() == "x\n"
+    assert all(p.lstat().st_nlink == 1 for p in dest.rglob("*") if p.is_file())
+    # A second copy never goes into the first one's folder.
+    with pytest.raises(FileExistsError):
+        sb.pull("art3", dest)
 
 
 def test_close_is_idempotent_and_final(sb: Sandbox) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 import re
 import secrets
 import tempfile
@@ -30,6 +29,8 @@ from runner.agent import _manifest
 from runner.contract.paths import FIXED_OUTPUTS
 from runner.errors import AgentError
 from sandbox import Sandbox, SandboxError, UnsafeArchive
+from sandbox.copyout import replace_file_beneath
+from sandbox.hostfs import read_beneath
 
 AIDER_DIR = ".aider_fsm"
 ARTIFACTS = f"{AIDER_DIR}/artifacts"
@@ -37,6 +38,8 @@ MAX_FILE_BYTES = 1024 * 1024
 """Largest single contract file taken back."""
 MAX_SCOPE_BYTES = 16 * 1024 * 1024
 """Largest total of contract changes taken back in one attempt."""
+MAX_PULL_ENTRIES = 10_000
+"""Entries one pull of the contract out of the agent's sandbox may bring to the host."""
 MAX_DIFF_FILE_BYTES = 256 * 1024
 MAX_DIFF_CHARS = 1_000_000
 OUTSIDE_PRUNE = ("/proc", "/sys", "/dev")
@@ -208,7 +211,14 @@ def _pull(
     for src in sorted(sources):
         dest = tmp / secrets.token_hex(4)
         try:
-            sandbox.pull(src, dest)
+            # Capped like the scope itself: a hostile agent cannot fill the host's /tmp.
+            sandbox.pull(
+                src,
+                dest,
+                max_file_bytes=MAX_FILE_BYTES,
+                max_total_bytes=MAX_SCOPE_BYTES,
+                max_entries=MAX_PULL_ENTRIES,
+            )
         except UnsafeArchive as exc:
             report.refused += [
                 {"path": c.path, "reason": f"unsafe archive: {exc}"}
@@ -222,12 +232,15 @@ def _pull(
             raise AgentError(f"pulling {src} from the agent sandbox failed: {exc}") from exc
         for change in needed:
             rel = change.path
-            local = dest / PurePosixPath(rel).name if rel == src else None
+            local = PurePosixPath(rel).name if rel == src else None
             if rel.startswith(src + "/"):
-                local = dest / rel[len(src) + 1 :]
-            if local is None or local.is_symlink() or not local.is_file():
+                local = rel[len(src) + 1 :]
+            if local is None:
                 continue
-            data = local.read_bytes()
+            try:  # every component O_NOFOLLOW: the pull made no links, and none is followed
+                data = read_beneath(dest, local, MAX_FILE_BYTES + 1)
+            except FileNotFoundError:
+                continue
             if hashlib.sha256(data).hexdigest() != (change.after or {}).get("sha256"):
                 report.refused.append({"path": rel, "reason": "changed while being pulled"})
                 continue
@@ -282,19 +295,13 @@ def write_file(repo_root: Path, rel: str, data: bytes, executable: bool = False)
     Raises:
         AgentError: a parent is a link or not a directory, or ``rel`` leaves the repo.
     """
-    target = _host_path(repo_root, rel, create=True)
-    # os.replace swaps the name: a link planted at the target is replaced, never followed.
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    _host_path(repo_root, rel, create=False)  # a readable refusal for a planted link
+    # Parents opened O_NOFOLLOW from the repo, a new temp file renamed over the name: a
+    # link planted at the target or on its way is replaced or refused, never followed.
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o755 if executable else 0o644)
-        os.replace(tmp, target)
-    except OSError as exc:
+        replace_file_beneath(repo_root, rel, data, 0o755 if executable else 0o644)
+    except (OSError, ValueError) as exc:
         raise AgentError(f"cannot write {rel} into the repo: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _diffable(meta: dict[str, Any] | None) -> bool:

@@ -15,12 +15,13 @@ predecessor's one-second ids let two sessions on one repo share a directory
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
@@ -28,12 +29,17 @@ from pathlib import Path, PurePath, PurePosixPath
 from runner.errors import ContractError, RunnerError
 from runner.runs.listing import EVENTS_FILE, RUN_ID_RE, RunInfo, list_runs
 from runner.trust.redaction import MIN_SECRET_LEN, REDACTED, SecretRedactor, mask_env, secret_key
+from sandbox.copyout import DIR_FLAGS, open_dirs_beneath, replace_file_beneath
 
 __all__ = [
     "DEFAULT_MAX_COPY_BYTES",
+    "DEFAULT_MAX_PASS_BYTES",
+    "DEFAULT_MAX_PASS_ENTRIES",
     "EVENTS_FILE",
     "MAX_COPY_ENV",
     "MAX_EVENT_FIELD_CHARS",
+    "MAX_PASS_BYTES_ENV",
+    "MAX_PASS_ENTRIES_ENV",
     "MAX_TEXT_CHARS",
     "MIN_SECRET_LEN",
     "REDACTED",
@@ -48,6 +54,8 @@ __all__ = [
     "list_runs",
     "mask_env",
     "max_copy_bytes",
+    "max_pass_bytes",
+    "max_pass_entries",
     "new_run_id",
     "secret_key",
 ]
@@ -76,6 +84,7 @@ class CommandRecord:
     oom_killed: bool = False
     truncated: bool = False
     blocked_reason: str | None = None
+    disk_exceeded: bool = False
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -96,6 +105,29 @@ def cap_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
 #: The largest single file copied from a sandbox into the run dir (stage files, samples).
 DEFAULT_MAX_COPY_BYTES = 64 * 1024 * 1024
 MAX_COPY_ENV = "FSM_RUNNER_MAX_COPY_BYTES"
+#: All copies of one pass together (stage files, samples): bytes and entries.
+DEFAULT_MAX_PASS_BYTES = 256 * 1024 * 1024
+MAX_PASS_BYTES_ENV = "FSM_RUNNER_MAX_PASS_BYTES"
+DEFAULT_MAX_PASS_ENTRIES = 10_000
+MAX_PASS_ENTRIES_ENV = "FSM_RUNNER_MAX_PASS_ENTRIES"
+
+
+def _positive_env(name: str, default: int) -> int:
+    """A positive whole number from the environment, or ``default`` when unset.
+
+    Raises:
+        RunnerError: set, but not a positive whole number.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise RunnerError(f"{name}={raw!r}: expected a positive whole number")
+    return value
 
 
 def max_copy_bytes() -> int:
@@ -108,16 +140,34 @@ def max_copy_bytes() -> int:
     Raises:
         RunnerError: the variable is set but is not a positive whole number of bytes.
     """
-    raw = os.environ.get(MAX_COPY_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_COPY_BYTES
+    return _positive_env(MAX_COPY_ENV, DEFAULT_MAX_COPY_BYTES)
+
+
+def max_pass_bytes() -> int:
+    """Bytes (apparent sizes) all copies of one pass may bring back: 256 MiB by default.
+
+    Raises:
+        RunnerError: ``FSM_RUNNER_MAX_PASS_BYTES`` is set but not a positive whole number.
+    """
+    return _positive_env(MAX_PASS_BYTES_ENV, DEFAULT_MAX_PASS_BYTES)
+
+
+def max_pass_entries() -> int:
+    """Files, folders and links all copies of one pass may bring back: 10000 by default.
+
+    Raises:
+        RunnerError: ``FSM_RUNNER_MAX_PASS_ENTRIES`` is set but not a positive whole number.
+    """
+    return _positive_env(MAX_PASS_ENTRIES_ENV, DEFAULT_MAX_PASS_ENTRIES)
+
+
+@contextlib.contextmanager
+def _run_dir_fd(path: Path) -> Iterator[int]:
+    fd = os.open(path, DIR_FLAGS)
     try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise RunnerError(f"{MAX_COPY_ENV}={raw!r}: expected a positive number of bytes")
-    return value
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _relative_parts(rel: str | Path) -> PurePosixPath:
@@ -204,11 +254,15 @@ class RunDir:
                 p = p.relative_to(self.path)
             except ValueError:
                 raise ValueError(f"{p} is not inside the run dir {self.path}") from None
-        target = self.path / self._clean_parts(_relative_parts(p)) if p.parts else self.path
-        target.mkdir(parents=True, exist_ok=True)
-        if not target.resolve().is_relative_to(self.path.resolve()):
-            raise ValueError(f"{target} resolves outside the run dir {self.path}")
-        return target
+        rel = self._clean_parts(_relative_parts(p)) if p.parts else PurePosixPath()
+        # Each component made and opened O_NOFOLLOW from the run dir (issue 15): a link
+        # anywhere below the run dir stops the write instead of leading outside it.
+        try:
+            with _run_dir_fd(self.path) as root_fd:
+                os.close(open_dirs_beneath(root_fd, list(rel.parts)))
+        except OSError as exc:
+            raise ValueError(f"{rel} is not a plain folder inside the run dir: {exc}") from exc
+        return self.path.joinpath(*rel.parts)
 
     def _clean_parts(self, rel: PurePosixPath) -> PurePosixPath:
         # Names can come from the target (a samples path in rollout.json): no secret
@@ -238,15 +292,13 @@ class RunDir:
         return self._dir(rel)
 
     def _put(self, target: Path, data: bytes) -> None:
-        # os.replace swaps the name atomically and replaces a planted symlink instead of
-        # writing through it.
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        # A new O_EXCL temp file renamed over the name, every folder opened O_NOFOLLOW:
+        # a planted link is replaced, never written through; readers never see half a file.
+        rel = target.relative_to(self.path).as_posix()
         try:
-            with open(tmp, "xb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+            replace_file_beneath(self.path, rel, data)
+        except OSError as exc:
+            raise ValueError(f"cannot write {rel} inside the run dir: {exc}") from exc
 
     def _text_bytes(self, text: str) -> bytes:
         # Redact before capping: a cut through a secret would leave part of it readable.
@@ -327,9 +379,9 @@ class RunDir:
     def _scrub_large(self, path: Path) -> int:
         """Redact a big file in bounded memory: chunks overlapping by the longest secret."""
         overlap = self._redactor.longest_secret_bytes() + 64
-        tmp = path.with_name(path.name + ".scrub")
+        tmp = path.with_name(f".{path.name[:64]}.{secrets.token_hex(4)}.scrub")
         found = False
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
+        with open(path, "rb") as src, open(tmp, "xb") as dst:  # x: a new name, never a link
             carry = b""
             while chunk := src.read(SCRUB_CHUNK_BYTES):
                 data = carry + chunk
@@ -364,7 +416,8 @@ class RunDir:
         data = (line + "\n").encode("utf-8", errors="backslashreplace")
         with self._lock:
             # O_APPEND with a single write keeps lines whole even if another process appends.
-            fd = os.open(self.path / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self.path / EVENTS_FILE, flags, 0o644)
             try:
                 view = memoryview(data)
                 while view:
@@ -398,6 +451,7 @@ class RunDir:
             "oom_killed": result.oom_killed,
             "truncated": result.truncated,
             "blocked_reason": result.blocked_reason,
+            "disk_exceeded": result.disk_exceeded,
         }
         texts = {"cmd.txt": cmd, "stdout.txt": result.stdout, "stderr.txt": result.stderr}
         files = {suffix: self._text_bytes(text) for suffix, text in texts.items()}

@@ -8,18 +8,23 @@ evaluation) all read outputs and stage files back the same way, so that lives he
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.contract.outputs import omitted_note
 from runner.contract.paths import to_sandbox_rel
-from runner.runs.run_dir import RunDir, max_copy_bytes
+from runner.runs.run_dir import RunDir, max_copy_bytes, max_pass_bytes, max_pass_entries
 from runner.session.outputs_io import OutputTooLarge, read_output, write_host_output
 from runner.session.results import VerificationResult
 from runner.session.stages import StageResult
 from sandbox import OMITTED_SUFFIX, Sandbox
+from sandbox.copyout import replace_tree, tree_usage
 from sandbox.errors import SandboxError as SandboxLayerError
+
+STAGE_FILES = "stage_files"
+"""Where a pass's stage files land in its record dir (the latest whole copy)."""
 
 
 @dataclass
@@ -30,6 +35,26 @@ class Pass:
     host_dir: Path
     sandbox_dir: str
     verify: VerificationResult = field(default_factory=VerificationResult)
+    copied: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """What each copy of this pass brought back, by name: (bytes, entries). The caps
+    ``FSM_RUNNER_MAX_PASS_BYTES``/``_ENTRIES`` hold for all of them together."""
+
+    def copy_caps(self, copy: str) -> dict[str, int]:
+        """``Sandbox.pull`` caps for the copy ``copy``: what the pass's others left over.
+
+        A copy that replaces an earlier one of the same name (stage files pulled again)
+        gets that one's share back, since the earlier copy is removed.
+        """
+        others = [v for k, v in self.copied.items() if k != copy]
+        return {
+            "max_file_bytes": max_copy_bytes(),
+            "max_total_bytes": max(0, max_pass_bytes() - sum(b for b, _ in others)),
+            "max_entries": max(0, max_pass_entries() - sum(e for _, e in others)),
+        }
+
+    def record_copy(self, copy: str, where: Path) -> None:
+        """Count what the copy ``copy`` left at ``where`` against the pass's caps."""
+        self.copied[copy] = tree_usage(where)
 
 
 def sync_output(
@@ -49,25 +74,35 @@ def sync_output(
 
 
 def pull_stage_files(sb: Sandbox | None, run_dir: RunDir, p: Pass) -> None:
-    """Bring the stage's own artifacts dir back (safe pull), scrubbed of secrets."""
+    """Bring the stage's own artifacts dir back (safe pull), scrubbed of secrets.
+
+    Each pull goes into a fresh folder and then takes the place of the previous one
+    (issue 15: a copy never writes into a folder an earlier copy filled), so
+    ``stage_files/`` is always one whole copy: the latest.
+    """
     if sb is None:
         return
     rel = to_sandbox_rel(p.sandbox_dir, sb.workspace)
     if rel is None:
         return
-    dest = p.host_dir / "stage_files"
-    cap = max_copy_bytes()
+    fresh = p.host_dir / f".stage_files.{secrets.token_hex(4)}.new"
+    caps = p.copy_caps(STAGE_FILES)
     try:
-        written = sb.pull(rel, dest, max_file_bytes=cap)
-    except FileNotFoundError:
-        return
-    except SandboxLayerError as exc:
-        run_dir.event("stage_files_refused", pass_=p.name, reason=str(exc))
-        return
+        written = sb.pull(rel, fresh, **caps)
+    except BaseException as exc:
+        shutil.rmtree(fresh, ignore_errors=True)  # the pull removes its own; a single file's folder
+        if isinstance(exc, FileNotFoundError):
+            return
+        if isinstance(exc, SandboxLayerError):
+            run_dir.event("stage_files_refused", pass_=p.name, reason=str(exc))
+            return
+        raise
+    run_dir.scrub_tree(fresh)
+    replace_tree(p.host_dir, fresh.name, STAGE_FILES)
+    p.record_copy(STAGE_FILES, p.host_dir / STAGE_FILES)
     omitted = [name for name in written if name.endswith(OMITTED_SUFFIX)]
     if omitted:
-        run_dir.event("stage_files_omitted", pass_=p.name, files=omitted, cap=cap)
-    run_dir.scrub_tree(dest)
+        run_dir.event("stage_files_omitted", pass_=p.name, files=omitted, **caps)
 
 
 def export_target(run_dir: RunDir, dest: str | Path) -> Path:

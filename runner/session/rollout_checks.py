@@ -13,11 +13,14 @@ from runner.contract import SamplesReport, validate_rollout_manifest, validate_s
 from runner.contract.outputs import parse_json
 from runner.contract.paths import ROLLOUT_JSON, to_sandbox_rel
 from runner.errors import ContractError
-from runner.runs.run_dir import RunDir, max_copy_bytes
+from runner.runs.run_dir import RunDir
 from runner.session.passes import Pass
 from runner.session.results import RolloutResult
 from sandbox import OMITTED_SUFFIX, Sandbox
 from sandbox.errors import SandboxError as SandboxLayerError
+
+SAMPLES_COPY = "samples"
+"""The samples file's share of its pass's copy caps."""
 
 
 def check_samples(
@@ -42,18 +45,19 @@ def check_samples(
     rel = to_sandbox_rel(str(raw), sb.workspace) if isinstance(raw, str) and raw.strip() else None
     if rel is not None:
         dest = outputs / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            sb.pull(rel, dest.parent, max_file_bytes=max_copy_bytes())
+            sb.pull(rel, dest.parent, **p.copy_caps(SAMPLES_COPY))
         except FileNotFoundError:
             pass  # validate_rollout_manifest/validate_samples_jsonl report it
-        except SandboxLayerError as exc:  # a link or a fifo: never followed
+        except (SandboxLayerError, FileExistsError) as exc:  # a link, fifo or folder
             raise ContractError(
                 f"samples file refused: {exc}",
                 file=ROLLOUT_JSON,
                 field="paths.samples_jsonl",
                 found=raw,
             ) from exc
+        if dest.is_file() and not dest.is_symlink():
+            p.copied[SAMPLES_COPY] = (dest.stat().st_size, 1)
     try:
         samples = validate_rollout_manifest(outputs, rollout_mirror, workspace=sb.workspace)
         if rel is not None and samples.with_name(samples.name + OMITTED_SUFFIX).exists():

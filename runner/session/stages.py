@@ -71,6 +71,7 @@ class CmdResult:
     oom_killed: bool = False
     truncated: bool = False
     blocked_reason: str | None = None
+    disk_exceeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class StageResult:
             return f"{self.name}: command blocked: {last.blocked_reason}"
         if last.oom_killed:
             return f"{self.name}: command killed by the memory limit (OOM): {last.cmd}"
+        if last.disk_exceeded:  # the sandbox's last stderr line: "fsm-runner: disk budget ..."
+            said = (last.stderr.strip().splitlines() or [""])[-1].removeprefix("fsm-runner: ")
+            return f"{self.name}: {said}: {last.cmd}"
         if last.timed_out:
             return f"{self.name}: command timed out: {last.cmd}"
         tail = (last.stderr or last.stdout).strip().splitlines()[-1:] or [""]
@@ -183,11 +187,11 @@ def run_stage(
             )
             results.append(result)
             run_dir.record_command(record_dir, plan.name, index, attempt, cmd, _record(result))
-            if result.rc == 0 and not result.timed_out:
+            if result.rc == 0 and not result.timed_out and not result.disk_exceeded:
                 ok = True
                 break
-            if result.blocked_reason:
-                break  # a refusal does not change on retry
+            if result.blocked_reason or result.disk_exceeded:
+                break  # a refusal does not change on retry, nor does a full disk budget
         if not ok:
             failed_index = index
             break
@@ -286,6 +290,7 @@ def _run_one(
         res.duration_s,
         res.oom_killed,
         res.truncated,
+        disk_exceeded=res.disk_exceeded,
     )
 
 
@@ -299,4 +304,5 @@ def _record(result: CmdResult) -> CommandRecord:
         oom_killed=result.oom_killed,
         truncated=result.truncated,
         blocked_reason=result.blocked_reason,
+        disk_exceeded=result.disk_exceeded,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import textwrap
 import uuid
@@ -218,3 +219,112 @@ def test_planted_git_hook_does_not_reach_the_host_repo(tmp_path: Path, default_i
         env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"},
     )
     assert not marker.exists(), "the planted hook ran on the host"
+
+
+# -- issue 15 item 1: links pulled out of the sandbox are never recreated on the host -----
+
+CHAIN = 30
+"""Levels of ``..`` the chain climbs: far more than any run dir is deep."""
+
+
+def _chain_of_links() -> str:
+    """Links that each resolve inside the artifacts dir on their own, and to ``/`` together."""
+    lines = ["mkdir -p d", "ln -s .. d/s", "ln -s d/s top", "ln -s top/.. u01"]
+    lines += [f"ln -s u{i - 1:02d}/.. u{i:02d}" for i in range(2, CHAIN + 1)]
+    lines += [f"ln -s u{CHAIN:02d} root"]
+    return "\n".join(lines) + "\n"
+
+
+def _links_under(root: Path) -> list[str]:
+    """Every symbolic link under ``root`` (none may exist in a run dir), never followed."""
+    found = []
+    for dirpath, dirs, names in os.walk(root):
+        for name in dirs + names:
+            if os.path.islink(os.path.join(dirpath, name)):
+                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+    return found
+
+
+@pytest.fixture(params=["volume", "archive"])
+def copy_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways files leave a sandbox: read from the workspace volume, or the engine's tar."""
+    if request.param == "archive":
+        monkeypatch.setenv("FSM_RUNNER_WORKSPACE_COPY", "archive")
+    return str(request.param)
+
+
+def test_link_chain_then_second_copy_writes_nothing_outside_the_run_dir(
+    tmp_path: Path, default_image: str, copy_path: str
+) -> None:
+    canary_dir = Path("/tmp") / f"fsm-h1-chain-{uuid.uuid4().hex[:10]}"
+    canary = canary_dir / "PWNED"
+    # The rollout plants the chain and fails; the teardown that follows (same pass) swaps
+    # it for real folders on the path the host-side links would lead through, plus a
+    # link-to-a-folder swapped for a folder: a second copy into the same pass.
+    rollout = (
+        'cd "$AIDER_FSM_ARTIFACTS_DIR"\n'
+        + _chain_of_links()
+        + "mkdir -p real && echo inner > real/keep.txt && ln -s real sub\n"
+        + "echo PLANTED $(ls | wc -l)\nexit 1\n"
+    )
+    teardown = textwrap.dedent(f"""\
+        cd "$AIDER_FSM_ARTIFACTS_DIR"
+        rm -rf d top u?? root sub
+        mkdir -p root{canary_dir} sub
+        echo PWNED > root{canary}
+        echo through-sub > sub/written.txt
+        ln -s root/tmp kept
+        echo torn-down > teardown.txt
+        """)
+    repo = make_repo(tmp_path / "repo", rollout=rollout, deploy_teardown=teardown)
+    try:
+        with docker_setup(repo) as sess:
+            roll = sess.rollout(llm="m", repair_iters=0)
+        assert not roll.ok and roll.failed_stage == "rollout", roll.reason
+        assert roll.verify.rollout is not None
+        assert "PLANTED" in roll.verify.rollout.results[0].stdout  # the chain was made inside
+        assert not canary.exists(), f"{canary} was written on the host through the link chain"
+        assert not canary_dir.exists()
+        assert _links_under(sess.artifacts_dir) == []
+        files = sess.artifacts_dir / "env_api" / "rollout_attempt_01" / "stage_files"
+        # The second copy (after teardown) landed, inside the run dir, in a folder of its own.
+        assert (files / "teardown.txt").read_text() == "torn-down\n"
+        assert (files / "root" / canary.relative_to("/")).read_text() == "PWNED\n"
+        assert (files / "sub" / "written.txt").read_text() == "through-sub\n"
+        assert not (files / "real" / "written.txt").exists()
+        links = json.loads((files / ".links.json").read_text())["links"]
+        assert links == [{"path": "kept", "kind": "symlink", "target": "root/tmp"}]
+        assert labelled_containers(sess.run_id) == []
+    finally:
+        shutil.rmtree(canary_dir, ignore_errors=True)
+
+
+def test_links_of_every_kind_come_back_as_a_listing(
+    tmp_path: Path, default_image: str, copy_path: str
+) -> None:
+    """Hard links, dangling links, links to folders: none is made on the host, all listed."""
+    rollout = textwrap.dedent("""\
+        mkdir -p "$AIDER_FSM_ARTIFACTS_DIR" && cd "$AIDER_FSM_ARTIFACTS_DIR"
+        mkdir -p data/deep && echo payload > data/file.txt
+        ln data/file.txt hard.txt
+        ln -s data dir_link
+        ln -s data/missing/nowhere dangling
+        ln -s dir_link/deep/../../dir_link chained
+        cd "$AIDER_FSM_REPO_ROOT"
+        """) + textwrap.dedent(ROLLOUT)
+    repo = make_repo(tmp_path / "repo", rollout=rollout)
+    with docker_setup(repo) as sess:
+        roll = sess.rollout(llm="m", repair_iters=0)
+    assert roll.ok, roll.reason
+    files = sess.artifacts_dir / "env_api" / "rollout_attempt_01" / "stage_files"
+    assert _links_under(sess.artifacts_dir) == []
+    nlinks = {p.name: p.lstat().st_nlink for p in files.rglob("*") if p.is_file()}
+    assert set(nlinks.values()) == {1}, nlinks
+    assert (files / "data" / "file.txt").read_text() == "payload\n"
+    assert (files / "hard.txt").read_text() == "payload\n"
+    links = {e["path"]: e for e in json.loads((files / ".links.json").read_text())["links"]}
+    assert links == {
+        "chained": {"path": "chained", "kind": "symlink", "target": "dir_link/deep/../../dir_link"},
+        "dangling": {"path": "dangling", "kind": "symlink", "target": "data/missing/nowhere"},
+        "dir_link": {"path": "dir_link", "kind": "symlink", "target": "data"},
+    }
