@@ -209,7 +209,10 @@ def test_numeric_secret_is_masked_in_contents_and_names(tmp_path: Path, default_
     run = sess.artifacts_dir
     # Control: the stage's files did come back (under masked names).
     names = {p.name for p in run.rglob("*")}
-    assert {"log_***.txt", "inner_***", "link_***", "***"} <= names, sorted(names)
+    assert {"log_***.txt", "inner_***", "***"} <= names, sorted(names)
+    # Links come back as a listing, never as links (issue 15 item 1): masked there too.
+    listings = [p.read_text() for p in run.rglob(".links.json")]
+    assert any('"link_***"' in text and "log_***.txt" in text for text in listings), listings
     assert files_containing(run, secret) == []
     assert [p for p in run.rglob("*") if secret in p.name] == []
     host_copy = repo / ".aider_fsm" / "metrics.json"
