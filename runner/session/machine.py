@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import weakref
@@ -49,7 +50,10 @@ from runner.session.rollout_checks import samples_hold
 from runner.session.sandbox_open import open_session_sandbox, plan_bootstrap_cache
 from runner.session.stages import StageResult
 from runner.session.states import State, check_transition
+from runner.session.test_counts import tests_metrics
 from runner.targets.resolve import TargetRepo
+from runner.trust.evidence import truthy
+from runner.trust.hint_check import HintsDecision, decide
 from runner.trust.hints import hint_env
 from sandbox import Sandbox
 
@@ -87,13 +91,17 @@ class EnvSession:
         self._cache: CachePlan | None = None
         self._deployed = False
         self._rolled_out = False
+        self._model_chosen = False
         self._attempts: dict[str, int] = {}
         self._stage_envs: dict[str, Mapping[str, str]] = {}
+        self._tests_stage: StageResult | None = None
+        self._repaired = False
         try:  # official commands from README/docs/CI; a broken file there is not fatal
             self._hints = hint_env(repo.path, python_version="3.11")
         except (OSError, ValueError) as exc:
             self._hints = {}
             log.warning("hint extraction failed: %s", exc)
+        self.hints_decision = self._decide_hints()
         self._remote_llm = False
         self._policy = policy_for(pipeline, options.unattended)
         self._repairs = itertools.count(1)
@@ -111,6 +119,22 @@ class EnvSession:
             commit=repo.commit,
             state=self.state.value,
         )
+
+    def _decide_hints(self) -> HintsDecision:
+        """Require or report official commands (issue 16.2); the evaluation env says which."""
+        found = json.loads(self._hints.get("AIDER_FSM_HINTS_JSON") or "[]")
+        ev = self.pipeline.stage("evaluation")
+        decision = decide(
+            self.options.hints,
+            found,
+            agent_wrote=self.options.contract_by_agent or self._repaired,
+            contract_asks=truthy((ev.env if ev else {}).get("AIDER_FSM_REQUIRE_HINTS"))
+            or truthy(self.options.extra_env.get("AIDER_FSM_REQUIRE_HINTS")),
+        )
+        if self._hints:
+            self._hints["AIDER_FSM_REQUIRE_HINTS"] = "1" if decision.mode == "require" else "0"
+        self.run_dir.event("hints_mode", mode=decision.mode, why=decision.why, found=found)
+        return decision
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -221,6 +245,7 @@ class EnvSession:
             hints=self._hints,
             bootstrap_env=self._bootstrap_env or {},
             stage_envs=self._stage_envs,
+            hints_decision=self.hints_decision,
         )
 
     def _new_pass(self, kind: str) -> Pass:
@@ -249,6 +274,11 @@ class EnvSession:
             raise RunnerError("session is closed; call runner_env.setup() again")
         if llm is not None:
             self.llm = parse_llm(llm)
+        if self.state == State.FAILED:
+            # A stage failure is a result, and the next call starts again from what this
+            # sandbox still holds (issue 16.1): its bootstrap, not the failed deploy.
+            again = State.BOOTSTRAPPED if self._bootstrap_env is not None else State.NEW
+            self._transition(again, retry=True)
         endpoint = self._endpoint(overrides)
         self._open_sandbox(endpoint)
 
@@ -289,6 +319,8 @@ class EnvSession:
                 return False
         for name in ("auth", "tests", "deploy_setup", "deploy_health"):
             res = self._run(name, p, mode, overrides)
+            if name == "tests" and res is not None:
+                self._tests_stage = res  # scores a contract without an evaluation stage
             if res is not None and not res.ok:
                 return False
         self._deployed = True
@@ -312,7 +344,7 @@ class EnvSession:
 
     def rollout(
         self,
-        llm: str | Path,
+        llm: str | Path | None,
         *,
         mode: str = "smoke",
         require_samples: bool = False,
@@ -322,13 +354,15 @@ class EnvSession:
     ) -> RolloutResult:
         """Deploy (bootstrap, setup, health), then run the rollout stage and check its samples.
 
-        On failure, up to ``repair_iters`` agent repairs of the contract, each followed by a
-        fresh sandbox and a rerun.
+        ``llm=None`` runs without a model (a contract whose stages call none). On failure,
+        up to ``repair_iters`` agent repairs of the contract, each followed by a fresh
+        sandbox and a rerun.
         """
         if artifacts_dir is not None:
             export_target(self.run_dir, artifacts_dir)
         overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
         self.run_dir.add_secrets_from_env(overrides)
+        self._model_chosen = True  # rollout(None) says "no model", as clearly as a name
         self._start(llm, overrides)
         budget = [max(0, repair_iters)]
         while True:
@@ -381,8 +415,16 @@ class EnvSession:
         self._pull_stage_files(p)
         if self._deployed:
             self._teardown(p, success=False)
+        counts: dict[str, Any] = {}
+        scored_by_tests = self.pipeline.stage("evaluation") is None
+        if result.failed_stage == "tests" and self._tests_stage is not None and scored_by_tests:
+            counts = {"metrics": tests_metrics(self._tests_stage), "metrics_accepted": False}
         self.run_dir.event(
-            "rollout_end", ok=False, failed_stage=result.failed_stage, reason=result.reason
+            "rollout_end",
+            ok=False,
+            failed_stage=result.failed_stage,
+            reason=result.reason,
+            **counts,
         )
         self._transition(State.FAILED, stage=result.failed_stage)
         return result
@@ -421,6 +463,8 @@ class EnvSession:
             return False
         self.pipeline, self.bootstrap_spec, self.actions_spec = contract
         self._policy = policy_for(self.pipeline, self.options.unattended)
+        self._repaired = True  # the agent's contract must show an official command ran
+        self.hints_decision = self._decide_hints()
         self._transition(State.NEW)
         return True
 
@@ -449,9 +493,14 @@ class EnvSession:
             export_target(self.run_dir, artifacts_dir)
         overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
         self.run_dir.add_secrets_from_env(overrides)
-        if llm is None and self.llm is None:
+        if llm is not None:
+            self._model_chosen = True
+        elif self._needs_model():
             self.close()
-            raise ValueError("missing_llm: pass llm= to evaluate() or call rollout() first")
+            raise ValueError(
+                "missing_llm: this contract has a rollout stage and no model was named: "
+                "pass llm= to evaluate(), or call rollout() first (rollout(None) runs without one)"
+            )
         self._start(llm, overrides)
         budget = [max(0, repair_iters)]
         p: Pass | None = None
@@ -475,13 +524,26 @@ class EnvSession:
             result.artifacts_dir = export_env_api(self.run_dir, artifacts_dir)
         return result
 
+    def _needs_model(self) -> bool:
+        """A model is needed only by a stage that calls one: the rollout this call would run.
+
+        The predecessor raised ``missing_llm`` for every evaluate() without a model; a
+        tests-only or evaluation-only contract has no stage that could use one (issue 16.6).
+        """
+        return (
+            self.llm is None
+            and not self._model_chosen
+            and not self._rolled_out
+            and self.pipeline.stage("rollout") is not None
+        )
+
     def _evaluate_once(self, p: Pass, mode: str, overrides: Mapping[str, str]) -> EvaluationResult:
         result = EvaluationResult(
             ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify
         )
         self.run_dir.event("evaluation_start", mode=mode, fast_path=self._rolled_out)
         ok = self._evaluate_pass(p, mode, overrides, result)
-        result.ok = ok
+        result.ok = result.metrics_accepted = ok
         if ok:
             self._transition(State.EVALUATED)
         else:
@@ -495,6 +557,8 @@ class EnvSession:
             failed_stage=result.failed_stage,
             reason=result.reason,
             metrics=result.metrics,
+            metrics_accepted=result.metrics_accepted,
+            hints=result.hints,
         )
         return result
 
@@ -511,7 +575,7 @@ class EnvSession:
                 return False
             if roll is not None:
                 self._transition(State.ROLLED_OUT)
-        return evaluate_stages(self._context(), p, mode, overrides, result)
+        return evaluate_stages(self._context(), p, mode, overrides, result, tests=self._tests_stage)
 
 
 def _close_quietly(state: dict[str, Any]) -> None:
