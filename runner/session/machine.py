@@ -13,7 +13,6 @@ and running a stage), ``bootstrap_phase``, ``rollout_checks``, ``evaluation_phas
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -26,13 +25,13 @@ from typing import Any
 from runner.contract import ActionsSpec, BootstrapSpec, PipelineSpec
 from runner.contract.paths import ROLLOUT_JSON
 from runner.errors import RunnerError
-from runner.runs.determinism import SEED_VAR
 from runner.runs.manifest_builder import SessionFacts, collect_samples, write_manifest
 from runner.runs.report import write_report
 from runner.runs.run_dir import RunDir
 from runner.session.bootstrap_cache import CachePlan
 from runner.session.bootstrap_phase import run_bootstrap
 from runner.session.evaluation_phase import evaluate_stages
+from runner.session.facts import keep_sandbox, session_facts
 from runner.session.llm import LlmChoice, host_endpoint, parse_llm
 from runner.session.options import SessionOptions
 from runner.session.passes import (
@@ -58,6 +57,11 @@ from runner.trust.hints import hint_env
 from sandbox import Sandbox
 
 __all__ = ["EnvSession", "SessionOptions"]
+
+_PIPELINE_STAGES = (
+    "auth", "tests", "deploy_setup", "deploy_health", "rollout", "evaluation", "benchmark",
+    "deploy_teardown",
+)  # fmt: skip
 
 log = logging.getLogger("fsm_runner")
 
@@ -92,6 +96,8 @@ class EnvSession:
         self._deployed = False
         self._rolled_out = False
         self._model_chosen = False
+        self.kept_sandbox: str | None = None
+        """The container left running for ``fsm-runner shell`` (``setup(keep=True)``)."""
         self._attempts: dict[str, int] = {}
         self._stage_envs: dict[str, Mapping[str, str]] = {}
         self._tests_stage: StageResult | None = None
@@ -117,6 +123,7 @@ class EnvSession:
             repo=str(repo.path),
             source=repo.source,
             commit=repo.commit,
+            dirty=repo.dirty,
             state=self.state.value,
         )
 
@@ -153,7 +160,11 @@ class EnvSession:
         self.close()
 
     def close(self) -> None:
-        """Tear down a running deploy (per policy) and remove the sandbox. Idempotent."""
+        """Tear down a running deploy (per policy) and remove the sandbox. Idempotent.
+
+        With ``keep`` the sandbox is left running as it is (no teardown), for
+        ``fsm-runner shell``; ``kept_sandbox`` then names it.
+        """
         if self.state == State.CLOSED:
             return
         try:
@@ -162,35 +173,17 @@ class EnvSession:
         finally:
             collect_samples(self.run_dir, self._sandbox)  # for the manifest, while it is open
             if self._sandbox is not None:
-                self._sandbox.close()
+                if self.options.keep:
+                    self.kept_sandbox = keep_sandbox(self._sandbox, self.run_dir)
+                else:
+                    self._sandbox.close()
                 self._sandbox = None
             self._transition(State.CLOSED)
             write_manifest(self._facts())  # last: it hashes every file of the run dir
 
     def _facts(self) -> SessionFacts:
         """This session as its manifest records it."""
-        opts = self.options
-        ev = self.pipeline.evaluation
-        return SessionFacts(
-            run_dir=self.run_dir,
-            repo=self.repo,
-            llm=None if self.llm is None else str(self.llm.model_dir or self.llm.model),
-            metrics_rel=ev.metrics_path if ev and ev.metrics_path else None,
-            settings={
-                "backend": opts.backend,
-                "image": opts.image,
-                "workspace_mode": opts.workspace_mode,
-                "network_cap": opts.network_cap.value if opts.network_cap else None,
-                "limits": dataclasses.asdict(opts.limits),
-                "require_metrics": opts.require_metrics,
-                "audit": opts.audit,
-                "unattended": opts.unattended,
-                "pipeline_rel": opts.pipeline_rel,
-                "env_file_keys": sorted(opts.extra_env),
-            },
-            env_file_seed=opts.extra_env.get(SEED_VAR),
-            seed=opts.seed,
-        )
+        return session_facts(self.run_dir, self.repo, self.llm, self.pipeline, self.options)
 
     def _transition(self, target: State, **why: object) -> None:
         if target == self.state:
@@ -329,6 +322,8 @@ class EnvSession:
         return True
 
     def _teardown(self, p: Pass, *, success: bool) -> None:
+        if self.options.keep:
+            return  # a kept sandbox is left as the run left it, services and all
         deploy = self.pipeline.deploy
         policy = deploy.teardown_policy if deploy else "always"
         wanted = (
@@ -576,6 +571,70 @@ class EnvSession:
             if roll is not None:
                 self._transition(State.ROLLED_OUT)
         return evaluate_stages(self._context(), p, mode, overrides, result, tests=self._tests_stage)
+
+    # -- one stage alone (fsm-runner run --stage) ----------------------------------------
+
+    def run_stage(
+        self,
+        name: str,
+        llm: str | Path | None = None,
+        *,
+        mode: str = "smoke",
+        env_overrides: Mapping[str, str] | None = None,
+    ) -> EvaluationResult:
+        """Bootstrap (from its snapshot when cached), then only the stage ``name``, then close.
+
+        The debugging loop of issue 16.7: no deploy and no rollout run first, so their
+        outputs are not there; ``evaluation`` gets its checks (metrics, official commands,
+        audit). Returns an ``EvaluationResult`` whatever the stage.
+
+        Raises:
+            ValueError: the contract has no stage ``name``.
+        """
+        if self.pipeline.stage(name) is None:  # type: ignore[arg-type]
+            present = [n for n in _PIPELINE_STAGES if self.pipeline.stage(n) is not None]  # type: ignore[arg-type]
+            raise ValueError(
+                f"stage {name!r} is not in this contract; it has: {', '.join(present)}"
+            )
+        overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
+        self.run_dir.add_secrets_from_env(overrides)
+        self._model_chosen = True
+        self._start(llm, overrides)
+        p = self._new_pass(name)
+        result = EvaluationResult(
+            ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify
+        )
+        self.run_dir.event("stage_run_start", stage=name, mode=mode)
+        try:
+            boot = self._bootstrap(mode)
+            if boot is not None and not boot.ok:
+                setattr(p.verify, boot.name, boot)
+                p.verify.fail(boot.name)
+            elif name == "evaluation":
+                result.ok = evaluate_stages(self._context(), p, mode, overrides, result)
+            else:
+                res = self._run(name, p, mode, overrides)
+                result.ok = res is not None and res.ok
+            result.metrics_accepted = result.ok and result.metrics is not None
+            if not result.ok:
+                result.failed_stage = p.verify.failed_stage or name
+                result.reason = result.reason or failure_reason(p.verify)
+            self.run_dir.event(
+                "stage_run_end",
+                stage=name,
+                ok=result.ok,
+                failed_stage=result.failed_stage,
+                reason=result.reason,
+                metrics=result.metrics,
+                metrics_accepted=result.metrics_accepted,
+                hints=result.hints,
+            )
+        finally:
+            self._pull_stage_files(p)
+            self.close()
+            with contextlib.suppress(OSError, ValueError):
+                write_report(self.run_dir.path)
+        return result
 
 
 def _close_quietly(state: dict[str, Any]) -> None:

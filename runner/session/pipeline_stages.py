@@ -244,6 +244,7 @@ def exec_stage(
             record_dir=p.host_dir,
             progress=ctx.say,
             prelude=prelude,
+            follow=ctx.options.follow,
         )
     except SandboxLayerError as exc:
         raise RunnerSandboxError(f"stage {plan.name}: {exc}") from exc

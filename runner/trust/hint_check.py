@@ -120,6 +120,23 @@ def _unwrap(name: str, args: list[str]) -> tuple[str, list[str]]:
     return name, args
 
 
+_VALUE_FLAGS = frozenset({"-C", "-f", "--directory", "--file", "-I", "-o", "-W", "--prefix"})
+"""Task-runner options whose value is not the target (``make -C docs test``)."""
+
+
+def _target(args: list[str]) -> str | None:
+    """The first argument that names what a task runner runs (``test`` of ``npm run test``)."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _VALUE_FLAGS:
+            skip = True
+        elif not arg.startswith("-") and arg != "run":
+            return arg
+    return None
+
+
 def command_keys(text: str) -> list[tuple[str, ...]]:
     """What makes each command of ``text`` the same official command, however it is launched.
 
@@ -136,7 +153,7 @@ def command_keys(text: str) -> list[tuple[str, ...]]:
         if inv.name in _INERT:
             continue
         name, args = _unwrap(_program(inv.name), list(inv.args))
-        target = next((a for a in args if not a.startswith("-") and a != "run"), None)
+        target = _target(args)
         if name in _TASK_RUNNERS or name == "python":
             keys.append((name, PurePosixPath(target).name) if target else (name,))
         else:
