@@ -20,7 +20,8 @@ from typing import Any
 from runner.runs.run_dir import EVENTS_FILE, RunDir
 
 REPORT_FILE = "report.md"
-_END_KINDS = ("rollout_end", "evaluation_end")
+_END_KINDS = ("rollout_end", "evaluation_end", "stage_run_end")
+"""Events that carry a result: a rollout, an evaluation, one stage run alone (run --stage)."""
 
 
 @dataclass
