@@ -286,7 +286,11 @@ def test_dns_is_the_same_cold_and_warm_and_fails_fast_without_network(
     pipeline = "version: 1\nevaluation:\n  run_cmds: [bash .aider_fsm/stages/evaluation.sh]\n"
     # 4 s: a lookup through a stale 127.0.0.11 waits out 2 x 5 s resolver timeouts.
     pipeline += "  timeout_seconds: 4\n"
-    repo = make_repo(tmp_path / "repo", pipeline=pipeline, evaluation=DNS_EVALUATION)
+    # A bootstrap of its own: its snapshot must not answer other tests' (same) bootstrap.
+    bootstrap = f"version: 1\ncmds:\n  - echo dns-test-{tmp_path.name}\n"
+    repo = make_repo(
+        tmp_path / "repo", pipeline=pipeline, evaluation=DNS_EVALUATION, bootstrap=bootstrap
+    )
     seen = []
     for _ in ("cold", "warm"):
         sess = runner_env.setup(repo)
