@@ -107,7 +107,6 @@ class EnvSession:
         except (OSError, ValueError) as exc:
             self._hints = {}
             log.warning("hint extraction failed: %s", exc)
-        self.hints_decision = self._decide_hints()
         self._remote_llm = False
         self._policy = policy_for(pipeline, options.unattended)
         self._repairs = itertools.count(1)
@@ -126,6 +125,7 @@ class EnvSession:
             dirty=repo.dirty,
             state=self.state.value,
         )
+        self.hints_decision = self._decide_hints()  # after session_created: events open with it
 
     def _decide_hints(self) -> HintsDecision:
         """Require or report official commands (issue 16.2); the evaluation env says which."""

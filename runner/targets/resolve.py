@@ -137,10 +137,11 @@ def _local_at_ref(text: str) -> TargetSpec | None:
     The checkout itself is never touched (no checkout, no stash): its committed history
     is cloned into the clones dir like any git URL, so uncommitted work is not in it.
     """
-    path, ref = _split_ref(text)
+    path = text.rsplit("@", 1)[0]
     local = Path(path).expanduser()
-    if not (local / ".git").exists():
-        return None
+    if not path or not (local / ".git").exists():
+        return None  # not a local checkout (e.g. git@host:o/r.git): the other forms decide
+    _, ref = _split_ref(text)
     return TargetSpec("git", local.resolve().as_uri(), ref)
 
 
