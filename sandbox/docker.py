@@ -32,9 +32,10 @@ from .archive import copy_tree, pack_dir
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .container_files import ContainerFiles
 from .copyout import CopyLimits
+from .dns import resolv_conf_file
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
-from .images import ensure_image
+from .images import cache_dir, ensure_image
 from .network import NetworkSwitch
 from .output import OutputCallback, OutputSink
 
@@ -169,6 +170,10 @@ class DockerSandbox:
             # Mounted over the image's own bundle: pip, git, curl and urllib then all trust
             # the host's (TLS-intercepting) proxy CA without per-tool settings.
             mounts.append(Mount(HOST_CA_BUNDLE, HOST_CA_BUNDLE, type="bind", read_only=True))
+        if _engine_is_local():
+            # The same resolv.conf in every network and on every path (issue 16.4, dns.py).
+            conf = str(resolv_conf_file(cache_dir()))
+            mounts.append(Mount("/etc/resolv.conf", conf, type="bind", read_only=True))
         for host, inside in spec.readonly_mounts.items():
             mounts.append(Mount(inside, str(Path(host).resolve()), type="bind", read_only=True))
         if spec.workspace_src is not None and spec.workspace_mode == "bind":
@@ -219,6 +224,19 @@ class DockerSandbox:
                 self._client.api.remove_container(f"fsm-{self.sandbox_id}", force=True, v=True)
         if net is not None:
             net.close()
+
+    def release(self) -> str:
+        """Leave the container running for a human and let go of it; return its name.
+
+        ``fsm-runner run --keep`` (issue 16.7): cut off from every network (the llm relay
+        dies with this process), never removed at exit; ``fsm-runner gc --kept`` removes it.
+        """
+        self._check_open()
+        self._net.apply(NetworkPolicy.NONE)
+        self._net.close()
+        self._closed = True
+        _open_sandboxes.discard(self)
+        return str(self._container.name)
 
     def __enter__(self) -> DockerSandbox:
         return self
@@ -478,6 +496,12 @@ def _disk_refused(watch: disk.DiskWatch) -> ExecResult:
         duration_s=0.0,
         disk_exceeded=True,
     )
+
+
+def _engine_is_local() -> bool:
+    """Bind mounts name host paths: only an engine on this host can mount ours."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return not host or host.startswith("unix://")
 
 
 def _can_fill_volumes() -> bool:

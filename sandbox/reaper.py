@@ -25,6 +25,7 @@ from .engine import (
     get_client,
     process_start_ticks,
 )
+from .kept import LABEL_KEPT
 
 
 @dataclass
@@ -34,6 +35,8 @@ class GcReport:
     containers: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     kept_live: int = 0
+    kept_on_purpose: int = 0
+    """Sandboxes left running by ``run --keep`` and left alone (``include_kept`` removes them)."""
 
 
 def creator_alive(labels: dict[str, str]) -> bool:
@@ -67,11 +70,13 @@ def _is_zombie(pid: int) -> bool:
     return bool(fields) and fields[0] in ("Z", "X")
 
 
-def gc(*, include_live: bool = False) -> GcReport:
+def gc(*, include_live: bool = False, include_kept: bool = False) -> GcReport:
     """Remove containers and per-sandbox networks whose creator is dead.
 
     Args:
         include_live: also remove objects of live creators (``fsm-runner gc --all``).
+        include_kept: also remove sandboxes kept on purpose (``fsm-runner gc --kept``);
+            ``include_live`` removes them too.
     """
     client = get_client()
     report = GcReport()
@@ -83,7 +88,10 @@ def gc(*, include_live: bool = False) -> GcReport:
             ignore_removed=True,
         )
     for ct in containers:
-        if not include_live and creator_alive(ct.labels):
+        if LABEL_KEPT in ct.labels and not (include_kept or include_live):
+            report.kept_on_purpose += 1
+            continue
+        if not include_live and LABEL_KEPT not in ct.labels and creator_alive(ct.labels):
             report.kept_live += 1
             continue
         try:

@@ -7,6 +7,7 @@ Locally, a missing engine skips ``@pytest.mark.docker`` tests with a loud reason
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,33 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         reporter.write_line(f"FAIL: {len(skipped)} Docker test(s) were skipped in CI", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+CACHE_NAMESPACE = f"tests-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_namespace() -> Iterator[str]:
+    """This test session's own bootstrap-cache namespace (issue 16.5).
+
+    Another process on the engine (a developer's `fsm-runner run examples/tiny`, another
+    test session) may have cached the same bootstrap: tests that expect a bootstrap to
+    run would get its snapshot instead. Namespaced keys never meet theirs; the session's
+    own snapshots are removed at the end.
+    """
+    from runner.session.bootstrap_cache import NAMESPACE_LABEL, NAMESPACE_VAR
+
+    previous = os.environ.get(NAMESPACE_VAR)
+    os.environ[NAMESPACE_VAR] = CACHE_NAMESPACE
+    yield CACHE_NAMESPACE
+    if previous is None:
+        os.environ.pop(NAMESPACE_VAR, None)
+    else:
+        os.environ[NAMESPACE_VAR] = previous
+    if engine_available():
+        from sandbox.snapshots import prune_snapshots
+
+        prune_snapshots(keep=0, label=f"{NAMESPACE_LABEL}={CACHE_NAMESPACE}")
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PIPELINE = """\
 version: 1
@@ -115,3 +118,17 @@ def make_repo(root: Path, **overrides: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(content))
     return root
+
+
+def copy_example(name: str, dest: Path) -> Path:
+    """A copy of ``examples/<name>`` without what runs left in the checkout (issue 16.5).
+
+    The docs' own `fsm-runner run examples/tiny` writes run dirs and outputs under the
+    checkout's `.aider_fsm/`; a test must start from the example as committed.
+    """
+    ignore = shutil.ignore_patterns(
+        "artifacts", "venv", "metrics.json", "rollout.json", "runtime_env.json",
+        "hints_*.json", "samples.jsonl", "__pycache__",
+    )  # fmt: skip
+    shutil.copytree(ROOT / "examples" / name, dest, ignore=ignore)
+    return dest

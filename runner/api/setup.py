@@ -7,6 +7,7 @@ Bad input fails here, before any container starts: a broken ``pipeline.yml`` or
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from runner.session.bootstrap_cache import CacheMode
 from runner.session.machine import EnvSession, SessionOptions
 from runner.targets.dotenv import load_env_file
 from runner.targets.resolve import resolve_target
+from runner.trust.hint_check import HINTS_OPTIONS, HintsOption
 from sandbox import Limits, NetworkPolicy
 
 Audit = Literal["on", "off", "warn-only"]
@@ -53,6 +55,9 @@ def setup(
     env_file: str | Path | None = None,
     cache: CacheMode = "on",
     seed: int | None = None,
+    hints: HintsOption = "auto",
+    keep: bool = False,
+    follow: bool = False,
     progress: Callable[[str], None] | None = None,
     **opencode: Any,
 ) -> EnvSession:
@@ -78,6 +83,13 @@ def setup(
             identical bootstrap, save one after a slow bootstrap), ``read`` or ``off``.
         seed: ``AIDER_FSM_SEED`` for every stage (default: derived from the run id);
             replay passes the recorded one.
+        hints: official commands (README, CI, tox, Make): ``require`` the evaluation to
+            run one, ``report`` which ran, or ``auto`` (require for a contract the
+            OpenCode agent wrote or repaired, report otherwise).
+        keep: leave the sandbox running when the session ends, labelled kept
+            (``fsm-runner shell``; removed by ``fsm-runner gc --kept``).
+        follow: ``progress`` gets every line a running command prints, not only its
+            latest line once a second (``fsm-runner run --follow``).
         progress: called with one line per step (the CLI shows these).
         **opencode: the predecessor's ``opencode_*`` / ``strict_opencode`` / ``*_bash`` options,
             accepted for compatibility and recorded; the agent arrives with scaffold/repair.
@@ -93,17 +105,18 @@ def setup(
     sandbox = _choice("sandbox", sandbox, get_args(Backend))  # type: ignore[assignment]
     workspace = _choice("workspace", workspace, get_args(WorkspaceMode))  # type: ignore[assignment]
     cache = _choice("cache", cache, get_args(CacheMode))  # type: ignore[assignment]
+    hints = _choice("hints", hints, HINTS_OPTIONS)  # type: ignore[assignment]
     if network is not None:
         _choice("network", network, ("none", "llm", "egress"))
     unknown = sorted(k for k in opencode if k not in _AGENT_KEYS)
     if unknown:
-        hints = [
-            f"{k} (did you mean {close[0]}?)"
-            if (close := get_close_matches(k, _AGENT_KEYS, 1))
-            else k
+        # Every keyword setup() knows, its own and the agent's (docs/api.md promises it).
+        known = sorted({*_AGENT_KEYS, *inspect.signature(setup).parameters} - {"opencode"})
+        named = [
+            f"{k} (did you mean {close[0]}?)" if (close := get_close_matches(k, known, 1)) else k
             for k in unknown
         ]
-        raise TypeError(f"setup() got unexpected keyword argument(s): {', '.join(hints)}")
+        raise TypeError(f"setup() got unexpected keyword argument(s): {', '.join(named)}")
     if opencode.get("opencode_url"):
         # A server we did not start edits whatever directory it was started in, outside any
         # sandbox: the scope promise (only the contract comes back) could not hold. Warn
@@ -122,7 +135,8 @@ def setup(
     base = Path(artifacts_dir).expanduser() if artifacts_dir else None
     model = str(opencode.get("opencode_model") or "")
     run_dir: RunDir | None = None
-    if not pipeline_path.is_file():
+    scaffolded = not pipeline_path.is_file()
+    if scaffolded:
         if not model:
             raise ContractError(
                 "no contract: the file does not exist. Write one with `fsm-runner init`, "
@@ -166,6 +180,10 @@ def setup(
         pipeline_rel=pipeline_rel,
         cache=cache,
         seed=seed,
+        hints=hints,
+        contract_by_agent=scaffolded,
+        keep=keep,
+        follow=follow,
     )
     if opencode:
         run_dir.event("agent_options_recorded", keys=sorted(opencode))

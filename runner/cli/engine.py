@@ -17,6 +17,7 @@ from sandbox.errors import SandboxError as SandboxLayerError
 
 if TYPE_CHECKING:
     from sandbox.images import BaseImage, PruneOutcome
+    from sandbox.kept import KeptSandbox
     from sandbox.reaper import GcReport
     from sandbox.snapshots import PrunedSnapshot, Snapshot
 
@@ -29,8 +30,10 @@ __all__ = [
     "default_image_tag",
     "engine_info",
     "ensure_image",
+    "exec_in_kept",
     "gc",
     "image_exists",
+    "kept_sandboxes",
     "prune_base_images",
     "prune_snapshots",
     "snapshots",
@@ -87,10 +90,24 @@ def prune_snapshots(
     return prune(keep=keep, max_bytes=max_bytes, label=label, dry_run=dry_run)
 
 
-def gc(*, include_live: bool) -> GcReport:
+def gc(*, include_live: bool, include_kept: bool = False) -> GcReport:
     from sandbox.reaper import gc as run_gc
 
-    return run_gc(include_live=include_live)
+    return run_gc(include_live=include_live, include_kept=include_kept)
+
+
+def kept_sandboxes(run_id: str) -> list[KeptSandbox]:
+    """Sandboxes left running by ``run --keep`` for this run id (or prefix)."""
+    from sandbox.kept import find_kept
+
+    return find_kept(run_id)
+
+
+def exec_in_kept(name: str, argv: list[str], workdir: str) -> int:
+    """Run a command in a kept sandbox without a terminal; its exit code."""
+    from sandbox.kept import exec_in
+
+    return exec_in(name, argv, workdir)
 
 
 def engine_info() -> dict[str, Any]:

@@ -24,8 +24,10 @@ from runner.cli import engine
 from runner.cli.batch import batch_app
 from runner.cli.common import Quiet, err, out
 from runner.cli.common import fail as _fail
+from runner.cli.debug import shell
 from runner.cli.engine import SandboxLayerError
 from runner.cli.images import images_app
+from runner.cli.options import Cpus, Memory, Pids, Pipeline, RequireHints, Timeout
 from runner.cli.progress import StageView, bare_table, planned_stages, print_summary, view_style
 from runner.cli.replay import replay_app
 from runner.cli.starter import STARTER_FILES
@@ -44,6 +46,7 @@ app = typer.Typer(
 app.add_typer(images_app, name="images")
 app.add_typer(batch_app)
 app.add_typer(replay_app)
+app.command()(shell)
 
 RepoDir = Annotated[
     Path, typer.Argument(help="Repository root.", exists=True, file_okay=False, resolve_path=True)
@@ -59,15 +62,23 @@ def gc(
     all_: Annotated[
         bool, typer.Option("--all", help="Also remove live sessions' objects.")
     ] = False,
+    kept: Annotated[
+        bool, typer.Option("--kept", help="Also remove sandboxes left running by run --keep.")
+    ] = False,
 ) -> None:
     """Remove containers and networks left behind by dead runs."""
     try:
-        report = engine.gc(include_live=all_)
+        report = engine.gc(include_live=all_, include_kept=kept)
     except SandboxLayerError as exc:
         raise _fail(exc) from exc
+    on_purpose = (
+        f"; left {report.kept_on_purpose} kept by run --keep (gc --kept removes them)"
+        if report.kept_on_purpose
+        else ""
+    )
     out.print(
         f"removed {len(report.containers)} container(s), {len(report.networks)} network(s); "
-        f"kept {report.kept_live} live"
+        f"kept {report.kept_live} live{on_purpose}"
     )
 
 
@@ -82,7 +93,7 @@ def schema() -> None:
     print(json.dumps(pipeline_json_schema(), indent=2))
 
 
-def _check_contract(path: Path) -> list[str]:
+def _check_contract(path: Path, pipeline_rel: str = "pipeline.yml") -> list[str]:
     """Load every contract file; return the stages that would run.
 
     Raises:
@@ -90,9 +101,9 @@ def _check_contract(path: Path) -> list[str]:
     """
     from runner.contract import load_actions, load_bootstrap, load_pipeline
 
-    pipeline_path = path / "pipeline.yml"
+    pipeline_path = path / pipeline_rel
     if not pipeline_path.is_file():
-        raise ContractError("no pipeline.yml here; write one with `fsm-runner init`", file=path)
+        raise ContractError(f"no {pipeline_rel} here; write one with `fsm-runner init`", file=path)
     pipeline = load_pipeline(pipeline_path)
     boot = load_bootstrap(path / ".aider_fsm" / "bootstrap.yml")
     actions = load_actions(path / ".aider_fsm" / "actions.yml")
@@ -100,30 +111,62 @@ def _check_contract(path: Path) -> list[str]:
 
 
 @app.command()
-def validate(path: RepoDir = Path(".")) -> None:
+def validate(
+    path: RepoDir = Path("."),
+    pipeline: Pipeline = "pipeline.yml",
+    require_hints: RequireHints = False,
+    memory: Memory = None,
+    cpus: Cpus = None,
+    pids: Pids = None,
+    timeout: Timeout = None,
+) -> None:
     """Check pipeline.yml and .aider_fsm/*.yml without running anything."""
+    from runner.cli.options import contract_facts
+
     try:
-        stages = _check_contract(path)
+        stages = _check_contract(path, pipeline)
+        facts = contract_facts(
+            path, pipeline, require_hints=require_hints, memory=memory, cpus=cpus, pids=pids
+        )
     except RunnerError as exc:
         raise _fail(exc) from exc
     out.print(f"{path}: contract OK; stages: {', '.join(stages) or 'none'}", markup=False)
+    out.print(facts.hints.describe(), markup=False)
+    cap = f"; every command at most {timeout}s" if timeout else ""
+    out.print(f"limits: {facts.limits}{cap}", markup=False)
 
 
 @app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="Repository root (created if missing).")] = Path("."),
     force: Annotated[bool, typer.Option(help="Overwrite existing contract files.")] = False,
+    tests: Annotated[
+        bool,
+        typer.Option(
+            "--tests",
+            help="A contract whose evaluation is the project's own test suite (pytest, JUnit counts).",
+        ),
+    ] = False,
+    pip: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pip", metavar="PACKAGE", help="With --tests: a package the tests need (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Write a commented starter contract that runs as is; then fill in the TODOs."""
-    existing = [rel for rel in STARTER_FILES if (path / rel).exists()]
+    from runner.cli.starter import starter_for_tests
+
+    files = starter_for_tests(path, pip or []) if tests else STARTER_FILES
+    existing = [rel for rel in files if (path / rel).exists()]
     if existing and not force:
         err.print(f"error: {path} already has {', '.join(existing)}; --force overwrites them")
         raise typer.Exit(1)
-    for rel, text in STARTER_FILES.items():
+    for rel, text in files.items():
         (path / rel).parent.mkdir(parents=True, exist_ok=True)
         (path / rel).write_text(text)
     stages = _check_contract(path)  # valid by construction; a failure here is our bug
-    out.print(f"wrote {len(STARTER_FILES)} files in {path}; stages: {', '.join(stages)}")
+    out.print(f"wrote {len(files)} files in {path}; stages: {', '.join(stages)}")
     out.print(f"next: fsm-runner validate {path} && fsm-runner run {path}", markup=False)
 
 
@@ -171,16 +214,38 @@ def run(
         Literal["on", "read", "off"],
         typer.Option(help="Bootstrap image cache: reuse and save snapshots, only reuse, or none."),
     ] = "on",
+    pipeline: Pipeline = "pipeline.yml",
+    require_hints: RequireHints = False,
+    memory: Memory = None,
+    cpus: Cpus = None,
+    pids: Pids = None,
+    timeout: Timeout = None,
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STAGE",
+            help="Run only this stage, after bootstrap (from its snapshot when cached).",
+        ),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the sandbox running; enter it with `shell`.")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Stream every output line of every command.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON result object.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """setup + rollout + evaluate; exit code 0 only when the evaluation is ok."""
     import runner_env
+    from runner.cli.options import limits_of
 
-    view = StageView(err, "quiet" if quiet else view_style(err))
+    style = "quiet" if quiet else ("plain" if follow else view_style(err))
+    view = StageView(err, style)
     sess: EnvSession | None = None
     interrupted = False
     agent_options: dict[str, Any] = {"opencode_model": opencode_model} if opencode_model else {}
+    overrides = {"AIDER_FSM_MAX_CMD_SECONDS": str(timeout)} if timeout else {}
     try:
         sess = runner_env.setup(
             target,
@@ -190,15 +255,30 @@ def run(
             network=network,
             env_file=env_file,
             cache=cache,
+            pipeline_rel=pipeline,
+            limits=limits_of(memory, cpus, pids),
+            hints="require" if require_hints else "auto",
+            keep=keep,
+            follow=follow,
             **agent_options,
         )
+        if not quiet:
+            err.print(sess.hints_decision.describe(), markup=False)
         view.begin(sess)
         try:
-            roll = sess.rollout(
-                llm=llm, mode=mode, require_samples=require_samples, repair_iters=repair_iters
-            )
-            if roll.ok:
-                sess.evaluate(mode=mode, repair_iters=repair_iters)
+            if stage is not None:
+                llm_arg = None if llm == "none" else llm
+                sess.run_stage(stage, llm_arg, mode=mode, env_overrides=overrides)
+            else:
+                roll = sess.rollout(
+                    llm=llm,
+                    mode=mode,
+                    require_samples=require_samples,
+                    repair_iters=repair_iters,
+                    env_overrides=overrides,
+                )
+                if roll.ok:
+                    sess.evaluate(mode=mode, repair_iters=repair_iters, env_overrides=overrides)
         finally:
             view.end()
     except KeyboardInterrupt:
@@ -222,11 +302,17 @@ def run(
         raise typer.Exit(130)
     summary = load_run(sess.artifacts_dir)
     report = write_report(sess.artifacts_dir)
+    kept = sess.kept_sandbox
     if as_json:
-        print(json.dumps({**summary_json(summary, report), "interrupted": interrupted}))
+        extra = {"interrupted": interrupted, "kept_sandbox": kept}
+        print(json.dumps({**summary_json(summary, report), **extra}))
     else:
         print_summary(summary, out)
         out.print(f"report: {report}", markup=False)
+    if kept:
+        from runner.cli.debug import say_kept
+
+        say_kept(sess.run_id, kept, sess.repo_root)
     raise typer.Exit(130 if interrupted else 0 if summary.ok else 1)
 
 
@@ -278,6 +364,7 @@ def show(
     repo: Annotated[
         Path, typer.Option(help="Repository root.", exists=True, file_okay=False, resolve_path=True)
     ] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """One run: stage table, where it failed, paths to logs; writes its report.md."""
     from runner.runs.run_dir import list_runs
@@ -291,8 +378,12 @@ def show(
         )
     run_dir = repo / ".aider_fsm" / "artifacts" / found[0]
     summary = load_run(run_dir)
+    report = write_report(run_dir)
+    if as_json:
+        print(json.dumps(summary_json(summary, report)))
+        return
     print_summary(summary, out)
-    out.print(f"report: {write_report(run_dir)}", markup=False)
+    out.print(f"report: {report}", markup=False)
 
 
 # -- doctor --------------------------------------------------------------------------

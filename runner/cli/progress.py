@@ -25,7 +25,14 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 
-from runner.runs.report import CommandRow, RunSummary, command_row, fmt_seconds
+from runner.runs.report import (
+    CommandRow,
+    RunSummary,
+    command_row,
+    fmt_seconds,
+    hints_text,
+    score_text,
+)
 from runner.trust.terminal import strip_controls
 
 if TYPE_CHECKING:
@@ -223,7 +230,7 @@ def print_summary(s: RunSummary, console: Console) -> None:
             str(len(row.commands)),
         )
     console.print(table)
-    score = "" if s.score is None else f" · score {s.score:g}"
+    score = "" if s.score is None else f" · score {score_text(s)}"
     samples = "" if s.samples is None else f" · {s.samples} samples"
     verdict = {
         True: "[bold green]ok[/]" + (" (rollout only)" if s.phase == "rollout" else ""),
@@ -231,6 +238,8 @@ def print_summary(s: RunSummary, console: Console) -> None:
         None: "[yellow]unfinished[/]",
     }
     console.print(f"{verdict[s.ok]}{score}{samples} · {fmt_seconds(s.duration_s)} · run {s.run_id}")
+    if hints_text(s.hints):
+        console.print(f"official commands: {hints_text(s.hints)}", markup=False)
     failed = s.failed_row
     if s.ok is False or failed is not None:
         where = s.failed_stage or (failed.stage if failed else "?")

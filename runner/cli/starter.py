@@ -7,6 +7,8 @@ write placeholder outputs the validators accept, with TODOs where the real work 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 _PIPELINE = """\
 # pipeline.yml: this repository's evaluation contract (version 1), run by fsm-runner.
 # Every command runs in a disposable container with the repository root (/workspace)
@@ -163,3 +165,75 @@ STARTER_FILES: dict[str, str] = {
     "runtime_env.json\nrollout.json\nmetrics.json\nsamples.jsonl\nhints_*.json\n",
 }
 """Everything ``fsm-runner init`` writes: a contract that validates and runs as is."""
+
+
+# -- `fsm-runner init --tests`: the project's own test suite as its evaluation -------------
+
+_TEST_REQUIREMENTS = (
+    "requirements-test.txt",
+    "requirements-tests.txt",
+    "requirements_test.txt",
+    "test-requirements.txt",
+    "requirements/test.txt",
+    "requirements/tests.txt",
+    "requirements/testing.txt",
+    "tests/requirements.txt",
+)
+"""Files a project names its test dependencies in; the first found is installed."""
+
+_TESTS_PIPELINE = """\
+# pipeline.yml written by `fsm-runner init --tests`: the project's own test suite is the
+# evaluation. runner.helpers.test_suite runs pytest with --junitxml and writes the
+# counts (tests, passed, failed, errors, skipped; score = passed / (passed+failed+errors))
+# to the metrics; `ok` is true only when nothing failed. A failing suite fails the run
+# and keeps its counts. Tests run without network. Check it: fsm-runner validate .
+version: 1
+
+evaluation:
+  run_cmds:
+    - >-
+      "$AIDER_FSM_PYTHON" -m runner.helpers.test_suite --
+      "$AIDER_FSM_PYTHON" -m pytest -q -p no:cacheprovider
+  metrics_path: .aider_fsm/metrics.json
+  required_keys: [ok, score, passed, failed]
+  timeout_seconds: 1800
+
+security:
+  mode: safe
+"""
+
+_TESTS_BOOTSTRAP = """\
+# .aider_fsm/bootstrap.yml written by `fsm-runner init --tests`: a venv with pytest and
+# what the tests need (egress; saved as a snapshot, so later runs skip it).
+# TEST_DEPS: more packages the test suite imports (`init --tests --pip NAME` adds them).
+version: 1
+cmds:
+  - python3 -m venv .aider_fsm/venv
+  - .aider_fsm/venv/bin/python -m pip install -q pytest {requirements}$TEST_DEPS
+{install}env:
+  # Stages call "$AIDER_FSM_PYTHON"; a relative path is made absolute by the runner.
+  AIDER_FSM_PYTHON: .aider_fsm/venv/bin/python
+  TEST_DEPS: "{deps}"
+timeout_seconds: 900
+"""
+
+_INSTALL_PROJECT = """\
+  # The project itself; when it does not install, its tests still run from the source tree.
+  - .aider_fsm/venv/bin/python -m pip install -q -e . || echo "the project did not install, its tests run from the source tree"
+"""
+
+
+def starter_for_tests(repo: Path, pip: list[str]) -> dict[str, str]:
+    """The files of ``fsm-runner init --tests`` for ``repo`` (issue 16.6): no glue to write."""
+    req = next((r for r in _TEST_REQUIREMENTS if (repo / r).is_file()), None)
+    installable = any((repo / name).is_file() for name in ("pyproject.toml", "setup.py"))
+    bootstrap = _TESTS_BOOTSTRAP.format(
+        requirements=f"-r {req} " if req else "",
+        install=_INSTALL_PROJECT if installable else "",
+        deps=" ".join(pip),
+    )
+    return {
+        "pipeline.yml": _TESTS_PIPELINE,
+        ".aider_fsm/bootstrap.yml": bootstrap,
+        ".aider_fsm/.gitignore": STARTER_FILES[".aider_fsm/.gitignore"] + "junit.xml\n",
+    }

@@ -47,6 +47,9 @@ class Target(_Model):
     url: str | None = None
     ref: str | None = None
     commit: str | None = Field(None, description="Git commit, or the HF dataset revision.")
+    dirty: bool = Field(
+        False, description="The local checkout had uncommitted changes on top of `commit`."
+    )
     dataset_id: str | None = None
     workspace_sha256: str = Field(
         description="Over every file copied into the sandbox: path, mode bit, content."

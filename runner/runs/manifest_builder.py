@@ -324,6 +324,7 @@ def build_manifest(facts: SessionFacts) -> Manifest:
             url=repo.url,
             ref=repo.ref,
             commit=repo.commit,
+            dirty=repo.dirty,
             dataset_id=repo.dataset_id,
             workspace_sha256=ws_hash,
             workspace_files=ws_files,

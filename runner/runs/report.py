@@ -23,7 +23,8 @@ from runner.runs.run_dir import EVENTS_FILE, RunDir
 from runner.trust.terminal import strip_controls
 
 REPORT_FILE = "report.md"
-_END_KINDS = ("rollout_end", "evaluation_end")
+_END_KINDS = ("rollout_end", "evaluation_end", "stage_run_end")
+"""Events that carry a result: a rollout, an evaluation, one stage run alone (run --stage)."""
 
 
 @dataclass
@@ -96,6 +97,12 @@ class RunSummary:
     failed_stage: str | None = None
     reason: str = ""
     metrics: dict[str, Any] | None = None
+    metrics_accepted: bool = False
+    """False for a red run's metrics: kept with its numbers, not counted (issue 16.3)."""
+    hints: dict[str, Any] | None = None
+    """Official commands: mode, why, found, ran (runner/trust/hint_check.py)."""
+    dirty: bool = False
+    """The local checkout had uncommitted changes: the run is not of ``commit`` alone."""
     samples: int | None = None
     phase: str | None = None
     """``rollout`` or ``evaluation``: which call's end event the result comes from."""
@@ -118,10 +125,18 @@ class RunSummary:
 
     @property
     def failed_row(self) -> StageRow | None:
-        """The stage run that failed (the one named by the result, else the last failure)."""
+        """The stage run that failed (the one named by the result, else the last failure).
+
+        A check after a stage that passed (metrics, official commands, audit) points at
+        that stage's last run: its command and output are what to read.
+        """
         failed = [s for s in self.stages if s.ok is False]
         named = [s for s in failed if s.stage == self.failed_stage]
         rows = named or failed
+        if not rows and self.ok is False:
+            checked = ("evaluation", "benchmark") if self.failed_stage == "metrics" else ()
+            wanted = {self.failed_stage, *checked}
+            rows = [s for s in self.stages if s.stage in wanted and s.commands]
         return rows[-1] if rows else None
 
 
@@ -192,6 +207,9 @@ def load_run(run_dir: Path) -> RunSummary:
         if kind == "session_created":
             summary.repo, summary.source = ev.get("repo"), ev.get("source")
             summary.commit = ev.get("commit")
+            summary.dirty = ev.get("dirty") is True
+        elif kind == "hints_mode" and summary.hints is None:
+            summary.hints = {k: ev.get(k) for k in ("mode", "why", "found")}
         elif kind == "rollout_start":
             summary.mode, summary.llm_kind = ev.get("mode"), ev.get("llm_kind")
         elif kind == "stage_start":
@@ -220,6 +238,11 @@ def load_run(run_dir: Path) -> RunSummary:
             summary.reason = strip_controls(str(ev.get("reason") or ""))
             if isinstance(ev.get("metrics"), dict):
                 summary.metrics = ev["metrics"]
+                # Runs written before issue 16.3 had metrics only when they were accepted.
+                accepted = ev.get("metrics_accepted", summary.ok)
+                summary.metrics_accepted = accepted is True
+            if isinstance(ev.get("hints"), dict):
+                summary.hints = ev["hints"]
             summary.samples = _opt_int(ev.get("samples")) or summary.samples
         elif isinstance(kind, str) and ("audit" in kind or kind == "stage_files_refused"):
             detail = {k: v for k, v in ev.items() if k not in ("ts", "kind")}
@@ -285,10 +308,49 @@ def _result_line(s: RunSummary) -> str:
     return f"**FAILED** at `{s.failed_stage or '?'}`: {_cell(s.reason, 300)}"
 
 
+def score_text(s: RunSummary) -> str:
+    """The score, marked when the run failed and the number was not accepted."""
+    if s.score is None:
+        return "-"
+    return f"{s.score:g}" + ("" if s.metrics_accepted else " (not accepted)")
+
+
+def hints_text(hints: dict[str, Any] | None) -> str:
+    """One line about the official commands: mode, why, found, which ran."""
+    if not hints or not hints.get("mode"):
+        return ""
+    found = [str(c) for c in hints.get("found") or []]
+    line = f"{hints['mode']} ({hints.get('why') or '-'})"
+    if found:
+        line += f"; found: {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}"
+    if "ran" in hints:
+        ran = [str(c) for c in hints.get("ran") or []]
+        line += f"; ran: {', '.join(ran) if ran else 'none'}"
+    return line
+
+
+def output_tail(cmd: CommandRow, run_dir: Path, lines: int = 10) -> list[tuple[str, list[str]]]:
+    """The last ``lines`` lines of a command's stderr and stdout (stderr first), as recorded."""
+    out: list[tuple[str, list[str]]] = []
+    for kind in ("stderr", "stdout"):
+        try:
+            with open(cmd.log(run_dir, kind), "rb") as fh:
+                fh.seek(max(0, fh.seek(0, 2) - 16384))
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        tail = [ln.rstrip() for ln in text.strip().splitlines()[-lines:]]
+        if tail:
+            out.append((kind, tail))
+    return out
+
+
 def render_markdown(s: RunSummary) -> str:
     """The report as Markdown: result, stages, failure, metrics, sandbox, findings."""
-    score = "-" if s.score is None else f"{s.score:g}"
-    target = f"`{s.repo}` ({s.source or '?'}{f', commit {s.commit}' if s.commit else ''})"
+    score = score_text(s)
+    commit = f", commit {s.commit}" if s.commit else ""
+    commit += " + uncommitted changes (dirty)" if s.dirty else ""
+    target = f"`{s.repo}` ({s.source or '?'}{commit})"
     lines = [
         f"# fsm-runner run {s.run_id}",
         "",
@@ -299,6 +361,7 @@ def render_markdown(s: RunSummary) -> str:
         + (f" · samples: {s.samples}" if s.samples is not None else ""),
         f"- Started: {s.started or '-'} · duration: {fmt_seconds(s.duration_s)}"
         f" · final state: {s.state or '-'}",
+        *([f"- Official commands: {_cell(hints_text(s.hints), 400)}"] if s.hints else []),
         "",
         "## Stages",
         "",
@@ -314,7 +377,8 @@ def render_markdown(s: RunSummary) -> str:
         lines.append("| - | no stage ran | | | | | |")
     lines += _failure_section(s)
     if s.metrics is not None:
-        lines += ["", "## Metrics", "", "```json", json.dumps(s.metrics, indent=2), "```"]
+        title = "## Metrics" if s.metrics_accepted else "## Metrics (not accepted: the run failed)"
+        lines += ["", title, "", "```json", json.dumps(s.metrics, indent=2), "```"]
     lines += _sandbox_section(s.sandbox, s.policy)
     lines += ["", "## Audit findings", ""]
     lines += [f"- {_cell(f, 400)}" for f in s.findings] or ["- none recorded"]
@@ -345,6 +409,8 @@ def _failure_section(s: RunSummary) -> list[str]:
             f"- Logs: `{last.log(s.path, 'stdout').relative_to(s.path)}`,"
             f" `{last.log(s.path, 'stderr').relative_to(s.path)}`",
         ]
+        for kind, tail in output_tail(last, s.path):
+            out += ["", f"Last lines of its {kind}:", "", "```text", *tail, "```"]
     out += [f"- Contract error: `{p.relative_to(s.path)}`" for p in s.error_files]
     return out
 
@@ -391,6 +457,10 @@ def summary_json(s: RunSummary, report: Path | None = None) -> dict[str, Any]:
         "reason": s.reason,
         "score": s.score,
         "metrics": s.metrics,
+        "metrics_accepted": s.metrics_accepted,
+        "hints": s.hints,
+        "commit": s.commit,
+        "dirty": s.dirty,
         "samples": s.samples,
         "run_id": s.run_id,
         "artifacts_dir": str(s.path),

@@ -14,7 +14,13 @@ import time
 from runner.contract import ActionsSpec, BootstrapSpec, absolutize_env_paths, expand_env
 from runner.contract.paths import FIXED_OUTPUTS
 from runner.session.actions import run_actions
-from runner.session.bootstrap_cache import CachePlan, mark_bootstrap_start, save_snapshot
+from runner.session.bootstrap_cache import (
+    NAMESPACE_LABEL,
+    CachePlan,
+    cache_namespace,
+    mark_bootstrap_start,
+    save_snapshot,
+)
 from runner.session.passes import Pass
 from runner.session.pipeline_stages import StageContext, exec_stage, net
 from runner.session.sandbox_open import record_bootstrap_cache, record_stage_network
@@ -143,7 +149,10 @@ def _save(ctx: StageContext, cache: CachePlan, seconds: float) -> None:
         ctx.sandbox,
         bootstrap_seconds=seconds,
         exclude=(".aider_fsm/artifacts", *FIXED_OUTPUTS),
-        labels={"fsm-runner.bootstrap-repo": str(ctx.repo_root)},
+        labels={
+            "fsm-runner.bootstrap-repo": str(ctx.repo_root),
+            **({NAMESPACE_LABEL: ns} if (ns := cache_namespace()) else {}),
+        },
         progress=ctx.say,
     )
     if not record.get("saved"):

@@ -1,26 +1,38 @@
 """The evaluation phase: the evaluation stage, what must hold before its metrics count,
 then the benchmark stage.
 
-The checks are hints evidence (when the evaluation env requires hints), the metrics
-contract (for evaluation and benchmark) and the audit over what the runner saw run.
-Each failure is recorded in the pass's verification, the result's reason and an error
-file in the pass dir; the session (deploy and rollout first, then this) decides what a
-failure means for its state.
+The checks are official commands (``runner/trust/hint_check.py``: required or reported,
+decided from the runner's own record), the metrics contract (for evaluation and
+benchmark) and the audit over what the runner saw run. Each failure is recorded in the
+pass's verification, the result's reason and an error file in the pass dir; the
+session (deploy and rollout first, then this) decides what a failure means for its state.
+
+A red evaluation keeps its numbers (issue 16.3): whatever metrics object the stage
+wrote is returned, with ``metrics_accepted`` false and the reason. A contract with a
+``tests`` stage and no evaluation is scored by its tests (issue 16.6).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from runner.contract import validate_metrics as _validate_metrics
+from runner.contract.outputs import read_json_object
 from runner.errors import ContractError
+from runner.session.outputs_io import write_host_output
 from runner.session.passes import Pass, pull_stage_files, sync_output
 from runner.session.pipeline_stages import StageContext, run_pipeline_stage
 from runner.session.results import EvaluationResult
 from runner.session.stages import StageResult
+from runner.session.test_counts import tests_metrics
 from runner.trust.audit import audit_evaluation, scripts_named
-from runner.trust.evidence import executed_commands, hints_errors, truthy
+from runner.trust.evidence import claimed_hints_errors, executed_commands, truthy
+from runner.trust.hint_check import HintsVerdict, official_commands_run
+from runner.trust.hints import read_hints_exec
 
 DEFAULT_METRICS_PATH = ".aider_fsm/metrics.json"
 
@@ -31,28 +43,41 @@ def evaluate_stages(
     mode: str,
     overrides: Mapping[str, str],
     result: EvaluationResult,
+    *,
+    tests: StageResult | None = None,
 ) -> bool:
-    """Evaluation, its checks, then the benchmark; False (recorded) at the first failure."""
+    """Evaluation, its checks, then the benchmark; False (recorded) at the first failure.
+
+    ``tests``: this session's tests stage, which scores a contract without an evaluation.
+    """
     ev = ctx.pipeline.evaluation
     metrics_rel = ev.metrics_path if ev and ev.metrics_path else DEFAULT_METRICS_PATH
     required = list(ev.required_keys) if ev and ev.required_keys else []
     if ctx.options.require_metrics and "ok" not in required:
         required.append("ok")
     if ctx.pipeline.stage("evaluation") is None:
+        if tests is not None:
+            return scored_by_tests(ctx, p, tests, result)
         if ctx.options.require_metrics:
-            result.reason = "pipeline.yml has no evaluation commands, so no metrics can be produced"
+            result.reason = (
+                "pipeline.yml has no evaluation and no tests commands, so nothing can be scored"
+            )
             p.verify.fail("evaluation")
             return False
         return True
     res = run_pipeline_stage(ctx, "evaluation", p, mode, overrides, clear=(metrics_rel,))
     if res is not None and not res.ok:
+        keep_unaccepted(ctx, p, metrics_rel, result)
+        result.hints = hints_verdict(ctx, p, ctx.stage_envs.get("evaluation", {})).as_dict()
         return False
     if not hints_hold(ctx, p, ctx.stage_envs.get("evaluation", {}), result):
+        keep_unaccepted(ctx, p, metrics_rel, result)
         return False
     metrics = collect_metrics(ctx, p, metrics_rel, required, "evaluation", result)
     if metrics is None:
         return False
     if not audit_holds(ctx, p, metrics, metrics_rel, result):
+        result.metrics = metrics
         return False
     result.metrics = metrics
     p.verify.metrics = metrics
@@ -107,30 +132,94 @@ def audit_holds(
     return False
 
 
+def hints_verdict(ctx: StageContext, p: Pass, env: Mapping[str, str]) -> HintsVerdict:
+    """Which official commands the runner saw run in this evaluation, and what is required."""
+    pull_stage_files(ctx.sandbox, ctx.run_dir, p)
+    files = p.host_dir / "stage_files"
+    executed = executed_commands(_commands(p.verify.evaluation), files)
+    decision = ctx.hints_decision
+    required = truthy(env.get("AIDER_FSM_REQUIRE_HINTS"))
+    mode, why = decision.mode, decision.why
+    if required and mode != "require":
+        mode, why = "require", "AIDER_FSM_REQUIRE_HINTS is set for the evaluation"
+    elif not required and mode == "require" and decision.found:
+        mode, why = "report", "AIDER_FSM_REQUIRE_HINTS=0 is set for the evaluation"
+    found = list(decision.found)
+    helper = _helper_log(files) if _helper_ran(executed) else []
+    return HintsVerdict(
+        mode=mode, why=why, found=found, ran=official_commands_run(found, [*executed, *helper])
+    )
+
+
 def hints_hold(
     ctx: StageContext, p: Pass, env: Mapping[str, str], result: EvaluationResult
 ) -> bool:
-    """When the evaluation env requires hints, check hints_*.json against our evidence."""
-    if not truthy(env.get("AIDER_FSM_REQUIRE_HINTS")):
-        return True
+    """Official commands: a stage's own claims checked, the requirement decided by the runner.
+
+    The runner writes ``hints_used.json`` (host ``.aider_fsm/`` and the pass dir) from its
+    record when the stage did not write one; a stage's own file is checked against the
+    same record and a claim nothing shows was run fails the evaluation, in every mode.
+    """
+    verdict = hints_verdict(ctx, p, env)
     used, _ = sync_output(ctx.sandbox, ctx.run_dir, ctx.repo_root, ".aider_fsm/hints_used.json", p)
-    ran, _ = sync_output(ctx.sandbox, ctx.run_dir, ctx.repo_root, ".aider_fsm/hints_run.json", p)
-    pull_stage_files(ctx.sandbox, ctx.run_dir, p)
+    sync_output(ctx.sandbox, ctx.run_dir, ctx.repo_root, ".aider_fsm/hints_run.json", p)
     files = p.host_dir / "stage_files"
-    absent = p.host_dir / "outputs" / ".aider_fsm"
-    errors = hints_errors(
-        hints_used_path=used or absent / "hints_used.json",
-        hints_run_path=ran or absent / "hints_run.json",
-        env=env,
-        executed=executed_commands(_commands(p.verify.evaluation), files),
-        stage_files=files,
-    )
-    if not errors:
+    if used is not None:
+        verdict.errors = claimed_hints_errors(
+            used, executed_commands(_commands(p.verify.evaluation), files), stage_files=files
+        )
+    result.hints = verdict.as_dict()
+    ctx.run_dir.write_json(f"env_api/{p.name}/hints_check.json", verdict.as_dict())
+    if verdict.found or verdict.mode == "require":
+        ctx.run_dir.event("hints", **verdict.as_dict())
+        if used is None:
+            text = json.dumps(verdict.hints_used(), indent=2) + "\n"
+            ctx.run_dir.write_text(f"env_api/{p.name}/hints_used.json", text)
+            write_host_output(ctx.repo_root, ".aider_fsm/hints_used.json", text.encode())
+    if verdict.ok:
         return True
-    p.verify.metrics_errors.extend(errors)
+    result.reason = verdict.failure()
+    p.verify.metrics_errors.extend(verdict.errors or [result.reason])
     p.verify.fail("evaluation")
-    result.reason = "; ".join(errors)
     ctx.run_dir.write_text(f"env_api/{p.name}/hints_requirement_error.txt", result.reason)
+    return False
+
+
+def _helper_ran(executed: list[str]) -> bool:
+    return any(re.search(r"generic_evaluation|hints_exec", line) for line in executed)
+
+
+def _helper_log(files: Path) -> list[str]:
+    log = files / "hints_exec.jsonl"
+    return read_hints_exec(log) if log.is_file() and not log.is_symlink() else []
+
+
+def keep_unaccepted(ctx: StageContext, p: Pass, rel: str, result: EvaluationResult) -> None:
+    """A red evaluation keeps the metrics its stage wrote, not accepted (issue 16.3)."""
+    mirror, host = sync_output(ctx.sandbox, ctx.run_dir, ctx.repo_root, rel, p)
+    result.metrics_path = host or mirror
+    p.verify.metrics_path = result.metrics_path
+    if mirror is None:
+        return
+    try:
+        result.metrics = read_json_object(mirror, missing="missing", not_object="not_object")
+    except (ContractError, RecursionError):
+        return  # unreadable or not an object: nothing to keep; the reason says why it failed
+    p.verify.metrics = result.metrics
+
+
+def scored_by_tests(
+    ctx: StageContext, p: Pass, tests: StageResult, result: EvaluationResult
+) -> bool:
+    """A contract without an evaluation stage is scored by its tests stage (issue 16.6)."""
+    metrics = tests_metrics(tests)
+    result.metrics = metrics
+    p.verify.metrics = metrics
+    ctx.run_dir.write_json(f"env_api/{p.name}/tests_metrics.json", metrics)
+    if tests.ok:
+        return True
+    result.reason = tests.reason
+    p.verify.fail("tests")
     return False
 
 
@@ -155,6 +244,8 @@ def collect_metrics(
             )
         return _validate_metrics(mirror, required)
     except ContractError as exc:
+        if stage == "evaluation":  # kept, not accepted: the reason says why (issue 16.3)
+            keep_unaccepted(ctx, p, rel, result)
         p.verify.metrics_errors.append(f"{stage}.{exc.message}")
         p.verify.fail("metrics")
         result.reason = str(exc)

@@ -13,8 +13,8 @@ and running a stage), ``bootstrap_phase``, ``rollout_checks``, ``evaluation_phas
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
+import json
 import logging
 import os
 import weakref
@@ -25,13 +25,13 @@ from typing import Any
 from runner.contract import ActionsSpec, BootstrapSpec, PipelineSpec
 from runner.contract.paths import ROLLOUT_JSON
 from runner.errors import RunnerError
-from runner.runs.determinism import SEED_VAR
 from runner.runs.manifest_builder import SessionFacts, collect_samples, write_manifest
 from runner.runs.report import write_report
 from runner.runs.run_dir import RunDir
 from runner.session.bootstrap_cache import CachePlan
 from runner.session.bootstrap_phase import run_bootstrap
 from runner.session.evaluation_phase import evaluate_stages
+from runner.session.facts import keep_sandbox, session_facts
 from runner.session.llm import LlmChoice, host_endpoint, parse_llm
 from runner.session.options import SessionOptions
 from runner.session.passes import (
@@ -49,11 +49,19 @@ from runner.session.rollout_checks import samples_hold
 from runner.session.sandbox_open import open_session_sandbox, plan_bootstrap_cache
 from runner.session.stages import StageResult
 from runner.session.states import State, check_transition
+from runner.session.test_counts import tests_metrics
 from runner.targets.resolve import TargetRepo
+from runner.trust.evidence import truthy
+from runner.trust.hint_check import HintsDecision, decide
 from runner.trust.hints import hint_env
 from sandbox import Sandbox
 
 __all__ = ["EnvSession", "SessionOptions"]
+
+_PIPELINE_STAGES = (
+    "auth", "tests", "deploy_setup", "deploy_health", "rollout", "evaluation", "benchmark",
+    "deploy_teardown",
+)  # fmt: skip
 
 log = logging.getLogger("fsm_runner")
 
@@ -87,8 +95,13 @@ class EnvSession:
         self._cache: CachePlan | None = None
         self._deployed = False
         self._rolled_out = False
+        self._model_chosen = False
+        self.kept_sandbox: str | None = None
+        """The container left running for ``fsm-runner shell`` (``setup(keep=True)``)."""
         self._attempts: dict[str, int] = {}
         self._stage_envs: dict[str, Mapping[str, str]] = {}
+        self._tests_stage: StageResult | None = None
+        self._repaired = False
         try:  # official commands from README/docs/CI; a broken file there is not fatal
             self._hints = hint_env(repo.path, python_version="3.11")
         except (OSError, ValueError) as exc:
@@ -109,8 +122,26 @@ class EnvSession:
             repo=str(repo.path),
             source=repo.source,
             commit=repo.commit,
+            dirty=repo.dirty,
             state=self.state.value,
         )
+        self.hints_decision = self._decide_hints()  # after session_created: events open with it
+
+    def _decide_hints(self) -> HintsDecision:
+        """Require or report official commands (issue 16.2); the evaluation env says which."""
+        found = json.loads(self._hints.get("AIDER_FSM_HINTS_JSON") or "[]")
+        ev = self.pipeline.stage("evaluation")
+        decision = decide(
+            self.options.hints,
+            found,
+            agent_wrote=self.options.contract_by_agent or self._repaired,
+            contract_asks=truthy((ev.env if ev else {}).get("AIDER_FSM_REQUIRE_HINTS"))
+            or truthy(self.options.extra_env.get("AIDER_FSM_REQUIRE_HINTS")),
+        )
+        if self._hints:
+            self._hints["AIDER_FSM_REQUIRE_HINTS"] = "1" if decision.mode == "require" else "0"
+        self.run_dir.event("hints_mode", mode=decision.mode, why=decision.why, found=found)
+        return decision
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -129,7 +160,11 @@ class EnvSession:
         self.close()
 
     def close(self) -> None:
-        """Tear down a running deploy (per policy) and remove the sandbox. Idempotent."""
+        """Tear down a running deploy (per policy) and remove the sandbox. Idempotent.
+
+        With ``keep`` the sandbox is left running as it is (no teardown), for
+        ``fsm-runner shell``; ``kept_sandbox`` then names it.
+        """
         if self.state == State.CLOSED:
             return
         # Each step runs even when the one before raised (issue 15 item 14): a failed
@@ -144,33 +179,15 @@ class EnvSession:
 
     def _remove_sandbox(self) -> None:
         if self._sandbox is not None:
-            self._sandbox.close()
+            if self.options.keep:
+                self.kept_sandbox = keep_sandbox(self._sandbox, self.run_dir)
+            else:
+                self._sandbox.close()
             self._sandbox = None
 
     def _facts(self) -> SessionFacts:
         """This session as its manifest records it."""
-        opts = self.options
-        ev = self.pipeline.evaluation
-        return SessionFacts(
-            run_dir=self.run_dir,
-            repo=self.repo,
-            llm=None if self.llm is None else str(self.llm.model_dir or self.llm.model),
-            metrics_rel=ev.metrics_path if ev and ev.metrics_path else None,
-            settings={
-                "backend": opts.backend,
-                "image": opts.image,
-                "workspace_mode": opts.workspace_mode,
-                "network_cap": opts.network_cap.value if opts.network_cap else None,
-                "limits": dataclasses.asdict(opts.limits),
-                "require_metrics": opts.require_metrics,
-                "audit": opts.audit,
-                "unattended": opts.unattended,
-                "pipeline_rel": opts.pipeline_rel,
-                "env_file_keys": sorted(opts.extra_env),
-            },
-            env_file_seed=opts.extra_env.get(SEED_VAR),
-            seed=opts.seed,
-        )
+        return session_facts(self.run_dir, self.repo, self.llm, self.pipeline, self.options)
 
     def _transition(self, target: State, **why: object) -> None:
         if target == self.state:
@@ -225,6 +242,7 @@ class EnvSession:
             hints=self._hints,
             bootstrap_env=self._bootstrap_env or {},
             stage_envs=self._stage_envs,
+            hints_decision=self.hints_decision,
         )
 
     def _new_pass(self, kind: str) -> Pass:
@@ -253,6 +271,11 @@ class EnvSession:
             raise RunnerError("session is closed; call runner_env.setup() again")
         if llm is not None:
             self.llm = parse_llm(llm)
+        if self.state == State.FAILED:
+            # A stage failure is a result, and the next call starts again from what this
+            # sandbox still holds (issue 16.1): its bootstrap, not the failed deploy.
+            again = State.BOOTSTRAPPED if self._bootstrap_env is not None else State.NEW
+            self._transition(again, retry=True)
         endpoint = self._endpoint(overrides)
         self._open_sandbox(endpoint)
 
@@ -293,6 +316,8 @@ class EnvSession:
                 return False
         for name in ("auth", "tests", "deploy_setup", "deploy_health"):
             res = self._run(name, p, mode, overrides)
+            if name == "tests" and res is not None:
+                self._tests_stage = res  # scores a contract without an evaluation stage
             if res is not None and not res.ok:
                 return False
         self._deployed = True
@@ -301,6 +326,8 @@ class EnvSession:
         return True
 
     def _teardown(self, p: Pass, *, success: bool) -> None:
+        if self.options.keep:
+            return  # a kept sandbox is left as the run left it, services and all
         deploy = self.pipeline.deploy
         policy = deploy.teardown_policy if deploy else "always"
         wanted = (
@@ -316,7 +343,7 @@ class EnvSession:
 
     def rollout(
         self,
-        llm: str | Path,
+        llm: str | Path | None,
         *,
         mode: str = "smoke",
         require_samples: bool = False,
@@ -326,13 +353,15 @@ class EnvSession:
     ) -> RolloutResult:
         """Deploy (bootstrap, setup, health), then run the rollout stage and check its samples.
 
-        On failure, up to ``repair_iters`` agent repairs of the contract, each followed by a
-        fresh sandbox and a rerun.
+        ``llm=None`` runs without a model (a contract whose stages call none). On failure,
+        up to ``repair_iters`` agent repairs of the contract, each followed by a fresh
+        sandbox and a rerun.
         """
         if artifacts_dir is not None:
             export_target(self.run_dir, artifacts_dir)
         overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
         self.run_dir.add_secrets_from_env(overrides)
+        self._model_chosen = True  # rollout(None) says "no model", as clearly as a name
         self._start(llm, overrides)
         budget = [max(0, repair_iters)]
         while True:
@@ -385,8 +414,16 @@ class EnvSession:
         self._pull_stage_files(p)
         if self._deployed:
             self._teardown(p, success=False)
+        counts: dict[str, Any] = {}
+        scored_by_tests = self.pipeline.stage("evaluation") is None
+        if result.failed_stage == "tests" and self._tests_stage is not None and scored_by_tests:
+            counts = {"metrics": tests_metrics(self._tests_stage), "metrics_accepted": False}
         self.run_dir.event(
-            "rollout_end", ok=False, failed_stage=result.failed_stage, reason=result.reason
+            "rollout_end",
+            ok=False,
+            failed_stage=result.failed_stage,
+            reason=result.reason,
+            **counts,
         )
         self._transition(State.FAILED, stage=result.failed_stage)
         return result
@@ -425,6 +462,8 @@ class EnvSession:
             return False
         self.pipeline, self.bootstrap_spec, self.actions_spec = contract
         self._policy = policy_for(self.pipeline, self.options.unattended)
+        self._repaired = True  # the agent's contract must show an official command ran
+        self.hints_decision = self._decide_hints()
         self._transition(State.NEW)
         return True
 
@@ -453,9 +492,14 @@ class EnvSession:
             export_target(self.run_dir, artifacts_dir)
         overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
         self.run_dir.add_secrets_from_env(overrides)
-        if llm is None and self.llm is None:
+        if llm is not None:
+            self._model_chosen = True
+        elif self._needs_model():
             self.close()
-            raise ValueError("missing_llm: pass llm= to evaluate() or call rollout() first")
+            raise ValueError(
+                "missing_llm: this contract has a rollout stage and no model was named: "
+                "pass llm= to evaluate(), or call rollout() first (rollout(None) runs without one)"
+            )
         self._start(llm, overrides)
         budget = [max(0, repair_iters)]
         p: Pass | None = None
@@ -491,13 +535,26 @@ class EnvSession:
         with contextlib.suppress(OSError, ValueError):  # a report is a convenience
             write_report(self.run_dir.path)
 
+    def _needs_model(self) -> bool:
+        """A model is needed only by a stage that calls one: the rollout this call would run.
+
+        The predecessor raised ``missing_llm`` for every evaluate() without a model; a
+        tests-only or evaluation-only contract has no stage that could use one (issue 16.6).
+        """
+        return (
+            self.llm is None
+            and not self._model_chosen
+            and not self._rolled_out
+            and self.pipeline.stage("rollout") is not None
+        )
+
     def _evaluate_once(self, p: Pass, mode: str, overrides: Mapping[str, str]) -> EvaluationResult:
         result = EvaluationResult(
             ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify
         )
         self.run_dir.event("evaluation_start", mode=mode, fast_path=self._rolled_out)
         ok = self._evaluate_pass(p, mode, overrides, result)
-        result.ok = ok
+        result.ok = result.metrics_accepted = ok
         if ok:
             self._transition(State.EVALUATED)
         else:
@@ -511,6 +568,8 @@ class EnvSession:
             failed_stage=result.failed_stage,
             reason=result.reason,
             metrics=result.metrics,
+            metrics_accepted=result.metrics_accepted,
+            hints=result.hints,
         )
         return result
 
@@ -527,7 +586,71 @@ class EnvSession:
                 return False
             if roll is not None:
                 self._transition(State.ROLLED_OUT)
-        return evaluate_stages(self._context(), p, mode, overrides, result)
+        return evaluate_stages(self._context(), p, mode, overrides, result, tests=self._tests_stage)
+
+    # -- one stage alone (fsm-runner run --stage) ----------------------------------------
+
+    def run_stage(
+        self,
+        name: str,
+        llm: str | Path | None = None,
+        *,
+        mode: str = "smoke",
+        env_overrides: Mapping[str, str] | None = None,
+    ) -> EvaluationResult:
+        """Bootstrap (from its snapshot when cached), then only the stage ``name``, then close.
+
+        The debugging loop of issue 16.7: no deploy and no rollout run first, so their
+        outputs are not there; ``evaluation`` gets its checks (metrics, official commands,
+        audit). Returns an ``EvaluationResult`` whatever the stage.
+
+        Raises:
+            ValueError: the contract has no stage ``name``.
+        """
+        if self.pipeline.stage(name) is None:  # type: ignore[arg-type]
+            present = [n for n in _PIPELINE_STAGES if self.pipeline.stage(n) is not None]  # type: ignore[arg-type]
+            raise ValueError(
+                f"stage {name!r} is not in this contract; it has: {', '.join(present)}"
+            )
+        overrides = {str(k): str(v) for k, v in (env_overrides or {}).items()}
+        self.run_dir.add_secrets_from_env(overrides)
+        self._model_chosen = True
+        self._start(llm, overrides)
+        p = self._new_pass(name)
+        result = EvaluationResult(
+            ok=False, artifacts_dir=self.run_dir.path / "env_api", verify=p.verify
+        )
+        self.run_dir.event("stage_run_start", stage=name, mode=mode)
+        try:
+            boot = self._bootstrap(mode)
+            if boot is not None and not boot.ok:
+                setattr(p.verify, boot.name, boot)
+                p.verify.fail(boot.name)
+            elif name == "evaluation":
+                result.ok = evaluate_stages(self._context(), p, mode, overrides, result)
+            else:
+                res = self._run(name, p, mode, overrides)
+                result.ok = res is not None and res.ok
+            result.metrics_accepted = result.ok and result.metrics is not None
+            if not result.ok:
+                result.failed_stage = p.verify.failed_stage or name
+                result.reason = result.reason or failure_reason(p.verify)
+            self.run_dir.event(
+                "stage_run_end",
+                stage=name,
+                ok=result.ok,
+                failed_stage=result.failed_stage,
+                reason=result.reason,
+                metrics=result.metrics,
+                metrics_accepted=result.metrics_accepted,
+                hints=result.hints,
+            )
+        finally:
+            self._pull_stage_files(p)
+            self.close()
+            with contextlib.suppress(OSError, ValueError):
+                write_report(self.run_dir.path)
+        return result
 
 
 def _close_quietly(state: dict[str, Any]) -> None:

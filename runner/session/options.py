@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 from runner.runs.run_dir import RunDir
 from runner.session.bootstrap_cache import CacheMode
+from runner.trust.hint_check import HintsOption
 from sandbox import Limits, NetworkPolicy
 
 Progress = Callable[[str], None]
@@ -67,3 +68,12 @@ class SessionOptions:
     """Bootstrap image cache: ``on`` reads and writes, ``read``, or ``off`` (bootstrap_cache.py)."""
     seed: int | None = None
     """``AIDER_FSM_SEED`` for every stage; None derives it from the run id (``fsm-runner replay`` pins it)."""
+    hints: HintsOption = "auto"
+    """Official commands: ``require`` one to run, ``report`` only, or ``auto`` (require for a
+    contract the agent wrote or repaired): ``runner/trust/hint_check.py``."""
+    contract_by_agent: bool = False
+    """``setup()`` had the OpenCode agent scaffold this contract."""
+    keep: bool = False
+    """Leave the sandbox running after the session (``fsm-runner run --keep``), labelled kept."""
+    follow: bool = False
+    """Report every output line of a running command, not the latest one per second."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +29,7 @@ from runner.session.sandbox_open import MODEL_DIR_IN_SANDBOX, record_stage_netwo
 from runner.session.stage_env import MODEL_STAGES, base_stage_env, limit_override
 from runner.session.stages import StagePlan, StageResult, cap_network, plan_stage, run_stage
 from runner.trust.evidence import RUNNER_ROOT_IN_SANDBOX, helper_env, runner_package_dir, trace_env
+from runner.trust.hint_check import HintsDecision
 from runner.trust.policy import CommandPolicy, PolicyConfig
 from sandbox import NetworkPolicy, Sandbox
 from sandbox.errors import SandboxError as SandboxLayerError
@@ -61,6 +62,8 @@ class StageContext:
     """Empty until bootstrap has run."""
     stage_envs: dict[str, Mapping[str, str]]
     """The session's record of each stage's final env, updated in place."""
+    hints_decision: HintsDecision = field(default_factory=lambda: HintsDecision("none", "-"))
+    """Official commands: required or reported, and why (``runner/trust/hint_check.py``)."""
 
     @property
     def run_id(self) -> str:
@@ -248,6 +251,7 @@ def exec_stage(
             record_dir=p.host_dir,
             progress=ctx.say,
             prelude=prelude,
+            follow=ctx.options.follow,
         )
     except SandboxLayerError as exc:
         raise RunnerSandboxError(f"stage {plan.name}: {exc}") from exc

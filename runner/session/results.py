@@ -57,7 +57,14 @@ class RolloutResult:
 
 @dataclass
 class EvaluationResult:
-    """What ``evaluate()`` did. ``metrics`` is the validated metrics.json of this run."""
+    """What ``evaluate()`` did.
+
+    ``metrics`` is the metrics object this run's evaluation wrote; ``metrics_accepted``
+    says whether it counts. A failed evaluation keeps its numbers (issue 16.3): the
+    object is still here, ``metrics_accepted`` is False and ``reason`` says why.
+    ``hints``: the official commands found, the mode (``require``/``report``) and why,
+    and which of them the runner saw run (``runner/trust/hint_check.py``).
+    """
 
     ok: bool
     artifacts_dir: Path
@@ -66,6 +73,8 @@ class EvaluationResult:
     verify: VerificationResult = field(default_factory=VerificationResult)
     failed_stage: str | None = None
     reason: str = ""
+    metrics_accepted: bool = False
+    hints: dict[str, Any] | None = None
 
 
 RolloutCallResult = RolloutResult

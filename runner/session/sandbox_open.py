@@ -25,6 +25,7 @@ from runner.session.options import Progress, SessionOptions
 from runner.trust.evidence import RUNNER_ROOT_IN_SANDBOX, runner_package_dir
 from sandbox import Limits, Sandbox, SandboxSpec, open_sandbox
 from sandbox.errors import SandboxError as SandboxLayerError
+from sandbox.kept import LABEL_KEPT
 
 MODEL_DIR_IN_SANDBOX = "/model"
 """Where a local model directory is mounted (read-only) inside the sandbox."""
@@ -106,7 +107,8 @@ def open_session_sandbox(
                 else {}
             ),
         },
-        labels={"fsm-runner.run-id": run_id},
+        # Kept sandboxes (run --keep) are labelled at creation: gc leaves them for gc --kept.
+        labels={"fsm-runner.run-id": run_id, **({LABEL_KEPT: "1"} if options.keep else {})},
         # Outputs of earlier runs never enter the sandbox: only this run's can pass.
         exclude=(*SandboxSpec.exclude, *FIXED_OUTPUTS),
     )

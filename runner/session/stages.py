@@ -151,12 +151,14 @@ def run_stage(
     record_dir: Path,
     progress: Progress | None = None,
     prelude: str = "",
+    follow: bool = False,
 ) -> StageResult:
     """Run the plan's commands in order; the first failing one (after retries) stops the stage.
 
     ``prelude`` is the runner's own housekeeping (create the artifacts dir, remove stale
     outputs), run in the same exec just before the first command (and its retries): a
     separate exec would cost ~50 ms per stage. It is not part of the recorded command.
+    ``follow``: report every line a command prints, not its latest once a second.
     """
     if plan.cmd_timeout is None:  # nothing set one: the runner's default holds
         plan = dataclasses.replace(plan, cmd_timeout=default_cmd_seconds())
@@ -181,10 +183,16 @@ def run_stage(
         for attempt in range(plan.retries + 1):
             if progress:
                 progress(f"{plan.name} [{index + 1}/{len(plan.cmds)}] $ {cmd}")
-            tail = LiveTail(plan.name, progress, run_dir.redact) if progress else None
+            tail = (
+                LiveTail(plan.name, progress, run_dir.redact, every_line=follow)
+                if progress
+                else None
+            )
             result = _run_one(
                 sandbox, plan, cmd, policy, started, prelude if index == 0 else "", tail
             )
+            if tail is not None:
+                tail.flush()
             results.append(result)
             run_dir.record_command(record_dir, plan.name, index, attempt, cmd, _record(result))
             if result.rc == 0 and not result.timed_out and not result.disk_exceeded:
@@ -225,14 +233,20 @@ class LiveTail:
         progress: Progress,
         redact: Callable[[str], str],
         interval: float = LIVE_LINE_INTERVAL_S,
+        *,
+        every_line: bool = False,
     ) -> None:
         self._stage, self._progress, self._redact = stage, progress, redact
         self._interval = interval
+        self._every_line = every_line
         self._pending = {1: b"", 2: b""}  # per stream: a partial line never joins the other's
         self._last_sent = ""
         self._next_at = 0.0
 
     def __call__(self, stream: int, data: bytes) -> None:
+        if self._every_line:
+            self._each_line(stream, data)
+            return
         pending = self._pending[stream] = (self._pending.get(stream, b"") + data)[-LIVE_LINE_BYTES:]
         now = time.monotonic()
         if now < self._next_at:
@@ -249,6 +263,21 @@ class LiveTail:
         if line != self._last_sent:
             self._last_sent, self._next_at = line, now + self._interval
             self._progress(f"{self._stage} | {line}")
+
+    def _each_line(self, stream: int, data: bytes) -> None:
+        """``--follow``: every complete line, masked (a line longer than 4 KiB is cut)."""
+        pending = self._pending.get(stream, b"") + data
+        *lines, rest = pending.split(b"\n")
+        self._pending[stream] = rest[-LIVE_LINE_BYTES:]
+        for raw in lines:
+            self._progress(f"{self._stage} | {self._redact(raw.decode(errors='replace').rstrip())}")
+
+    def flush(self) -> None:
+        """The last line of a command that did not end it with a newline (``--follow``)."""
+        if self._every_line:
+            for stream in (1, 2):
+                if self._pending.get(stream):
+                    self._each_line(stream, b"\n")
 
 
 def _run_one(

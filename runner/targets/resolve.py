@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from runner.contract.paths import FIXED_OUTPUTS
 from runner.errors import TargetError
 from runner.targets.cache import DEFAULT_CLONES_DIR
 from runner.targets.git import SCP_RE, Git, fetch_git, redact_url
@@ -59,6 +60,8 @@ class TargetRepo:
     ref: str | None = None
     commit: str | None = None
     dataset_id: str | None = None
+    dirty: bool = False
+    """A local checkout with uncommitted changes: the workspace is ``commit`` plus those."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ def parse_target(target: str | Path) -> TargetSpec:
     if "://" in text:
         return TargetSpec("git", *_split_url_ref(text))
     local = Path(text).expanduser()
+    if not local.exists() and "@" in text and (at := _local_at_ref(text)) is not None:
+        return at
     if local.exists() or text.startswith(("/", ".", "~")):
         return TargetSpec("local", str(local))
     if m := SCP_RE.match(text):
@@ -126,12 +131,44 @@ def resolve_target(
     return TargetRepo(path, "hf_dataset", str(target).strip(), spec.ref, commit, spec.location)
 
 
+def _local_at_ref(text: str) -> TargetSpec | None:
+    """``path@ref`` for a local git checkout: a clone of it at ``ref`` (issue 16.8).
+
+    The checkout itself is never touched (no checkout, no stash): its committed history
+    is cloned into the clones dir like any git URL, so uncommitted work is not in it.
+    """
+    path = text.rsplit("@", 1)[0]
+    local = Path(path).expanduser()
+    if not path or not (local / ".git").exists():
+        return None  # not a local checkout (e.g. git@host:o/r.git): the other forms decide
+    _, ref = _split_ref(text)
+    return TargetSpec("git", local.resolve().as_uri(), ref)
+
+
 def _local(path: Path) -> TargetRepo:
     resolved = path.expanduser().resolve()
     if not resolved.is_dir():
         what = "is not a directory" if resolved.exists() else "does not exist"
         raise TargetError(f"target {resolved} {what}")
-    return TargetRepo(path=resolved, source="local", commit=_read_head(resolved))
+    head = _read_head(resolved)
+    dirty = head is not None and _is_dirty(resolved)
+    return TargetRepo(path=resolved, source="local", commit=head, dirty=dirty)
+
+
+_RUN_OUTPUTS = (
+    ":(exclude).aider_fsm/artifacts",
+    *(f":(exclude){p}" for p in FIXED_OUTPUTS),
+)
+"""What a run writes into the checkout: never a reason to call it dirty."""
+
+
+def _is_dirty(repo: Path) -> bool:
+    """Uncommitted changes to what the sandbox gets (tracked or untracked, run outputs aside)."""
+    try:
+        status = Git(repo, 10.0)("status", "--porcelain", "--", ".", *_RUN_OUTPUTS)
+    except TargetError:
+        return False
+    return bool(status.strip())
 
 
 def _read_head(repo: Path) -> str | None:

@@ -83,5 +83,25 @@ def hints_errors(
     return check_hints_evidence(used, executed, helper_log=helper_log)
 
 
+def claimed_hints_errors(
+    hints_used_path: Path, executed: Sequence[str], *, stage_files: Path
+) -> list[str]:
+    """A stage's own ``hints_used.json``, checked against what the runner saw run.
+
+    Only its claims count: the requirement itself is decided by the runner
+    (``runner/trust/hint_check.py``), so a file that claims nothing is no error.
+    """
+    try:
+        with open(hints_used_path, "rb") as fh:
+            data = json.loads(fh.read(TRACE_LIMIT))
+    except (OSError, ValueError, RecursionError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    log = stage_files / "hints_exec.jsonl"
+    helper_log = read_hints_exec(log) if log.is_file() and not log.is_symlink() else []
+    return check_hints_evidence(data, executed, helper_log=helper_log)
+
+
 def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "y", "on")

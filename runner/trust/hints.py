@@ -234,15 +234,21 @@ def hint_anchors(commands: Sequence[str], limit: int = MAX_ANCHORS) -> list[str]
     return list(out)
 
 
-def hint_env(repo_root: Path, *, python_version: str | None = None) -> dict[str, str]:
-    """The predecessor's hint variables for stage envs; empty when the repo has no hints."""
+def hint_env(
+    repo_root: Path, *, python_version: str | None = None, require: bool = True
+) -> dict[str, str]:
+    """The predecessor's hint variables for stage envs; empty when the repo has no hints.
+
+    ``require`` sets ``AIDER_FSM_REQUIRE_HINTS`` (1 or 0): the session decides it
+    (``runner/trust/hint_check.py``), where the predecessor turned it on for any hint.
+    """
     commands = [h.command for h in suggest_hints(repo_root, python_version=python_version)]
     if not commands:
         return {}
     return {
         "AIDER_FSM_HINTS_JSON": json.dumps(commands),
         "AIDER_FSM_HINT_ANCHORS_JSON": json.dumps(hint_anchors(commands)),
-        "AIDER_FSM_REQUIRE_HINTS": "1",
+        "AIDER_FSM_REQUIRE_HINTS": "1" if require else "0",
     }
 
 
