@@ -508,8 +508,7 @@ def _can_fill_volumes() -> bool:
     """True when volume mountpoints are on this host and writable by us (root, local engine)."""
     if os.environ.get("FSM_RUNNER_WORKSPACE_COPY") == "archive":  # force the portable path
         return False
-    host = os.environ.get("DOCKER_HOST", "")
-    return os.geteuid() == 0 and (not host or host.startswith("unix://"))
+    return os.geteuid() == 0 and _engine_is_local()
 
 
 def _recv(sock: Any, n: int) -> bytes:
