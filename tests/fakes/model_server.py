@@ -400,8 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     script: Script = humaneval_solver if args.humaneval else args.reply
     with ScriptedModelServer(args.host, args.port, script, model=args.model) as server:
-        print(f"serving {server.url}", flush=True)
+        # The interrupt may land while print() is still returning (a loaded machine lets
+        # the reader act first): it is caught from the moment the address is out.
         try:
+            print(f"serving {server.url}", flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
