@@ -210,7 +210,11 @@ version: 1
 cmds:
   - python3 -m venv .aider_fsm/venv
   - .aider_fsm/venv/bin/python -m pip install -q pytest {requirements}$TEST_DEPS
-{install}env:
+{install}# What bootstrap reads of the repository: only these decide whether the saved venv is
+# reused (the cache key hashes them instead of every file), so editing a test does not
+# reinstall. Add a file here when bootstrap starts reading it.
+inputs: [{inputs}]
+env:
   # Stages call "$AIDER_FSM_PYTHON"; a relative path is made absolute by the runner.
   AIDER_FSM_PYTHON: .aider_fsm/venv/bin/python
   TEST_DEPS: "{deps}"
@@ -227,9 +231,13 @@ def starter_for_tests(repo: Path, pip: list[str]) -> dict[str, str]:
     """The files of ``fsm-runner init --tests`` for ``repo`` (issue 16.6): no glue to write."""
     req = next((r for r in _TEST_REQUIREMENTS if (repo / r).is_file()), None)
     installable = any((repo / name).is_file() for name in ("pyproject.toml", "setup.py"))
+    read = [req] if req else []
+    if installable:
+        read += [n for n in ("pyproject.toml", "setup.py", "setup.cfg") if (repo / n).is_file()]
     bootstrap = _TESTS_BOOTSTRAP.format(
         requirements=f"-r {req} " if req else "",
         install=_INSTALL_PROJECT if installable else "",
+        inputs=", ".join(read),
         deps=" ".join(pip),
     )
     return {
