@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,19 +53,26 @@ def test_env_and_cwd(sb: Sandbox) -> None:
     assert lines[1].endswith("/src")
 
 
+def _unique_sleep() -> str:
+    """A ``sleep`` no other process has: the local backend's ``ps`` sees the whole host."""
+    return f"300.{secrets.randbelow(10**9):09d}"
+
+
 def test_timeout_kills_whole_tree(sb: Sandbox) -> None:
-    res = sb.exec("sh -c 'sleep 300 & sleep 300'", timeout=1.5)
+    t = _unique_sleep()
+    res = sb.exec(f"sh -c 'sleep {t} & sleep {t}'", timeout=1.5)
     assert res.timed_out
     assert res.exit_code != 0
     assert res.duration_s < 20
-    left = sb.exec("ps -eo args | grep '[s]leep 300' || true")
+    left = sb.exec(f"ps -eo args | grep '[s]leep {t}' || true")
     assert left.stdout.strip() == "", f"survivors: {left.stdout}"
 
 
 def test_timeout_kills_setsid_escapes(sb: Sandbox) -> None:
-    res = sb.exec("setsid sleep 301 & setsid sh -c 'sleep 302' & sleep 303", timeout=1.5)
+    t = _unique_sleep()
+    res = sb.exec(f"setsid sleep {t}1 & setsid sh -c 'sleep {t}2' & sleep {t}3", timeout=1.5)
     assert res.timed_out
-    left = sb.exec("ps -eo args | grep '[s]leep 30[123]' || true")
+    left = sb.exec(f"ps -eo args | grep '[s]leep {t}[123]' || true")
     assert left.stdout.strip() == "", f"survivors: {left.stdout}"
 
 
