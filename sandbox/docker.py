@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import select
+import selectors
 import struct
 import threading
 import time
@@ -27,7 +27,7 @@ import docker
 import docker.errors
 from docker.types import Mount, Ulimit
 
-from . import procs
+from . import firewall, procs
 from .archive import copy_tree, pack_dir
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .container_files import ContainerFiles
@@ -78,6 +78,8 @@ class DockerSandbox:
         """Host mountpoint of the workspace volume: outputs are read there, link-safely."""
         self.image = ensure_image(spec.image, progress=progress)
         labels = {**creator_labels("container", self.sandbox_id), **dict(spec.labels)}
+        # The workspace volume gets session labels too: gc finds it if its container is gone.
+        self._volume_labels = {**labels, **creator_labels("volume", self.sandbox_id)}
         self._base_env = self._container_env()
         copy_src = spec.workspace_src if spec.workspace_mode == "copy" else None
         if copy_src is not None and not copy_src.is_dir():
@@ -165,7 +167,9 @@ class DockerSandbox:
         if spec.workspace_src is not None and spec.workspace_mode == "bind":
             mounts.append(Mount(spec.workspace, str(spec.workspace_src.resolve()), type="bind"))
         if workspace_volume:
-            mounts.append(Mount(target=spec.workspace, source="", type="volume"))
+            mounts.append(
+                Mount(target=spec.workspace, source="", type="volume", labels=self._volume_labels)
+            )
         with engine_errors("create container"):
             return self._client.containers.create(
                 self.image,
@@ -242,6 +246,8 @@ class DockerSandbox:
             "workspace": self.workspace,
             "workspace_mode": self.spec.workspace_mode,
             "network": self._net.policy.value if hasattr(self, "_net") else None,
+            # What keeps networked stages off the host's own services (issue 15 item 6).
+            "host_firewall": firewall.status().describe(),
             "limits": {
                 "memory": lim.memory,
                 "memory_swap": lim.memory,
@@ -321,13 +327,21 @@ class DockerSandbox:
 
     def _pump(self, sock: Any, sink: OutputSink, deadline: float | None) -> bool:
         """Read multiplexed frames until EOF (True) or the deadline passes (False)."""
+        # A selector, never select.select(): that raises ValueError for a descriptor
+        # >= 1024, which a busy runner reaches (issue 15 item 9).
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_READ)
+            return self._pump_frames(sock, sel, sink, deadline)
+
+    def _pump_frames(
+        self, sock: Any, sel: selectors.BaseSelector, sink: OutputSink, deadline: float | None
+    ) -> bool:
         header = b""
         want = 8
         stream_id = 0
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([sock], [], [], wait)
-            if not ready:
+            if not sel.select(wait):
                 return False
             chunk = _recv(sock, want)
             if not chunk:
