@@ -16,11 +16,16 @@ from sandbox.errors import ENGINE_FIX_COMMAND
 from sandbox.errors import SandboxError as SandboxLayerError
 
 if TYPE_CHECKING:
+    from sandbox.firewall import FirewallStatus
     from sandbox.images import BaseImage, PruneOutcome
     from sandbox.reaper import GcReport
     from sandbox.snapshots import PrunedSnapshot, Snapshot
 
+ALLOW_HOST_ENV = "FSM_RUNNER_ALLOW_HOST_ACCESS"
+"""Mirrors ``sandbox.firewall.ALLOW_ENV`` (checked by tests), without importing it eagerly."""
+
 __all__ = [
+    "ALLOW_HOST_ENV",
     "ENGINE_FIX_COMMAND",
     "Limits",
     "SandboxLayerError",
@@ -29,7 +34,9 @@ __all__ = [
     "default_image_tag",
     "engine_info",
     "ensure_image",
+    "firewall_status",
     "gc",
+    "gc_summary",
     "image_exists",
     "prune_base_images",
     "prune_snapshots",
@@ -87,10 +94,29 @@ def prune_snapshots(
     return prune(keep=keep, max_bytes=max_bytes, label=label, dry_run=dry_run)
 
 
-def gc(*, include_live: bool) -> GcReport:
+def gc(*, include_live: bool, creator_pids: list[int] | None = None) -> GcReport:
     from sandbox.reaper import gc as run_gc
 
-    return run_gc(include_live=include_live)
+    return run_gc(include_live=include_live, creator_pids=creator_pids)
+
+
+def gc_summary(report: GcReport) -> str:
+    """One line: what ``gc`` removed, kept and could not remove."""
+    removed = (
+        f"removed {len(report.containers)} container(s), {len(report.networks)} network(s), "
+        f"{len(report.volumes)} volume(s), {len(report.rules)} firewall rule(s)"
+    )
+    busy = len(report.in_progress)
+    busy_text = f"; {busy} being removed by another process" if busy else ""
+    failed = f"; {len(report.failed)} could not be removed" if report.failed else ""
+    return f"{removed}; kept {report.kept_live} live{busy_text}{failed}"
+
+
+def firewall_status() -> FirewallStatus:
+    """Whether llm/egress stages get host firewall rules here (``doctor``)."""
+    from sandbox.firewall import status
+
+    return status()
 
 
 def engine_info() -> dict[str, Any]:
