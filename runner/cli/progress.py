@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 
-from runner.runs.report import CommandRow, RunSummary, command_row, fmt_seconds
+from runner.runs.report import CommandRow, RunSummary, command_row, fmt_seconds, run_status
 
 if TYPE_CHECKING:
     from runner.contract import ActionsSpec, BootstrapSpec, PipelineSpec
@@ -225,9 +225,15 @@ def print_summary(s: RunSummary, console: Console) -> None:
         False: "[bold red]FAILED[/]",
         None: "[yellow]unfinished[/]",
     }
-    console.print(f"{verdict[s.ok]}{score}{samples} · {fmt_seconds(s.duration_s)} · run {s.run_id}")
+    head = verdict[s.ok]
+    status = run_status(s)  # killed or interrupted runs say so, never "ok" (issue 15)
+    if status == "interrupted":
+        head = f"[bold yellow]interrupted[/] by {s.interrupted}"
+    elif status == "incomplete" and s.started:
+        head = "[bold yellow]incomplete[/] (no final event: killed, or still running)"
+    console.print(f"{head}{score}{samples} · {fmt_seconds(s.duration_s)} · run {s.run_id}")
     failed = s.failed_row
-    if s.ok is False or failed is not None:
+    if (s.ok is False and not s.interrupted) or failed is not None:
         where = s.failed_stage or (failed.stage if failed else "?")
         console.print(f"failed at {where}: {s.reason}", markup=False)
     if failed is not None and failed.commands:
