@@ -196,11 +196,14 @@ class DockerSandbox:
             )
 
     def close(self) -> None:
-        """Remove the container and its own networks. Idempotent; never raises."""
-        if self._closed:
+        """Remove the container and its own networks. Idempotent; never raises.
+
+        A close cut short (a stop signal landing in it) is finished by the next call: every
+        step is safe to repeat, and only the last one marks the sandbox cleaned up.
+        """
+        if getattr(self, "_cleaned", False):
             return
         self._closed = True
-        _open_sandboxes.discard(self)
         net = getattr(self, "_net", None)
         # Already gone, or the reaper removes it by label: close never raises. Without a
         # handle (create timed out or was interrupted after the engine made it), by name.
@@ -211,6 +214,8 @@ class DockerSandbox:
                 self._client.api.remove_container(f"fsm-{self.sandbox_id}", force=True, v=True)
         if net is not None:
             net.close()
+        self._cleaned = True
+        _open_sandboxes.discard(self)
 
     def __enter__(self) -> DockerSandbox:
         return self

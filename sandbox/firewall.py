@@ -162,18 +162,24 @@ class SandboxFirewall:
             only = ["-d", f"{host}/32", "-p", "tcp", "--dport", str(port)]
             rules.append(["INPUT", "-i", bridge, *only, *tag, "-j", "ACCEPT"])
         script = "".join(f"-I {r[0]} 1 {shlex.join(r[1:])}\n" for r in rules)
+        # Recorded first: a stop signal may land while iptables-restore runs, and close()
+        # must then still delete whatever it managed to insert.
+        self._rules.extend(rules)
         err = _restore(script)
-        if err:
+        if err:  # the batch is atomic: nothing of it was inserted
+            del self._rules[-len(rules) :]
             raise FirewallUnavailable(f"installing host firewall rules for {bridge}: {err}")
         self._bridges.add(bridge)
-        self._rules.extend(rules)
 
     def remove(self) -> None:
-        """Delete every rule this object installed. Never raises (gc finds what is left)."""
-        rules, self._rules = self._rules, []
+        """Delete every rule this object installed. Never raises (gc finds what is left).
+
+        Forgotten only once deleted: a second call after an interrupted one deletes again.
+        """
+        if self._rules:
+            delete_rules([(r[0], r[1:]) for r in self._rules])
+        self._rules = []
         self._bridges = set()
-        if rules:
-            delete_rules([(r[0], r[1:]) for r in rules])
 
 
 def _restore(script: str) -> str:

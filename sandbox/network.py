@@ -83,6 +83,8 @@ class NetworkSwitch:
         self._sandbox_id = sandbox_id
         self._llm_endpoint = llm_endpoint
         self._llm_net: Any = None
+        self._llm_net_name: str | None = None
+        """Set before the create call: a stop signal may land while the engine makes it."""
         self.firewall = SandboxFirewall(sandbox_id)
         self._relay: TcpRelay | None = None
         self.attached: set[str] = {"none"}
@@ -145,9 +147,10 @@ class NetworkSwitch:
         if self._llm_endpoint is None:
             raise SandboxError("network policy 'llm' needs SandboxSpec.llm_endpoint=(host, port)")
         self.firewall.require("llm")  # refuse before the network exists
+        self._llm_net_name = f"fsm-llm-{self._sandbox_id}"
         with engine_errors("create llm network"):
             net = self._client.networks.create(
-                f"fsm-llm-{self._sandbox_id}",
+                self._llm_net_name,
                 driver="bridge",
                 internal=True,
                 labels=creator_labels("network", self._sandbox_id),
@@ -169,10 +172,11 @@ class NetworkSwitch:
         if self._relay is not None:
             self._relay.close()
             self._relay = None
-        if self._llm_net is not None:
+        if self._llm_net_name is not None:
+            # By name: the handle is missing when the create call was interrupted.
             with contextlib.suppress(docker.errors.DockerException):  # else the reaper removes it
-                self._llm_net.remove()
-            self._llm_net = None
+                self._client.api.remove_network(self._llm_net_name)
+            self._llm_net = self._llm_net_name = None
 
 
 def _bridge_name(client: docker.DockerClient, net_id: str, attrs: Any = None) -> str:
