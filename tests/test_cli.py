@@ -483,8 +483,10 @@ def test_doctor_and_gc_with_engine_running(default_image: str) -> None:
     assert (
         "✓ Docker engine" in doctor.stdout and f"✓ default image  {default_image}" in doctor.stdout
     )
+    assert "✓ host firewall" in doctor.stdout  # root with iptables here (issue 15 item 6)
     gc = fsm("gc")
-    assert gc.returncode == 0 and gc.stdout.startswith("removed ")
+    assert gc.returncode == 0 and gc.stdout.startswith("removed "), gc.stdout + gc.stderr
+    assert "volume(s)" in gc.stdout and "firewall rule(s)" in gc.stdout
 
 
 def test_the_command_is_installed() -> None:
