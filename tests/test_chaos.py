@@ -183,7 +183,9 @@ def runs_json(repo: Path) -> dict[str, dict[str, Any]]:
     return {r["run_id"]: r for r in json.loads(proc.stdout)}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_stop_signal_during_evaluation_cleans_up_and_is_never_ok(
     tmp_path: Path, default_image: str, model: ScriptedModelServer, sig: signal.Signals
 ) -> None:

@@ -195,8 +195,27 @@ def test_egress_bootstrap_reaches_no_host_service_and_no_other_relay(
     tmp_path: Path, default_image: str
 ) -> None:
     """A bootstrap (egress) stage tries a host listener on 0.0.0.0 via the egress gateway,
-    docker0, the host's own IPs, and another live session's llm relay: all dropped; DNS
-    and the outside world still work (where this machine reaches them at all)."""
+    docker0, the host's own IPs, another live session's llm relay, and a container on
+    docker0 (another bridge): all dropped; DNS and the outside world still work (where
+    this machine reaches them at all)."""
+
+    neighbour = get_client().containers.run(
+        default_image,
+        ["python3", "-m", "http.server", "8000"],
+        name=f"hostile-neighbour-{uuid.uuid4().hex[:8]}",
+        network="bridge",
+        detach=True,
+    )
+    try:
+        neighbour.reload()
+        neighbour_ip = neighbour.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+        assert neighbour_ip, neighbour.attrs["NetworkSettings"]
+        _egress_probe(tmp_path, default_image, neighbour_ip)
+    finally:
+        neighbour.remove(force=True)
+
+
+def _egress_probe(tmp_path: Path, default_image: str, neighbour_ip: str) -> None:
     from sandbox import SandboxSpec, open_sandbox
 
     targets = host_addresses()
@@ -217,6 +236,7 @@ def test_egress_bootstrap_reaches_no_host_service_and_no_other_relay(
             "version: 1\ncmds:\n"
             f"  - RES_OPTIONS='timeout:2 attempts:1' python3 .aider_fsm/probe.py {listener.port} {hosts}\n"
             f"  - python3 .aider_fsm/probe.py {other_port} {other_gw}\n"
+            f"  - python3 .aider_fsm/probe.py 8000 {neighbour_ip}\n"
             "  - python3 .aider_fsm/connect.py pypi.org 443\n"
         )
         repo = make_repo(tmp_path / "repo", bootstrap=boot)
@@ -232,14 +252,14 @@ def test_egress_bootstrap_reaches_no_host_service_and_no_other_relay(
     assert roll.verify.bootstrap is not None
     outs = [r.stdout for r in roll.verify.bootstrap.results]
     hosts_probe, relay_probe = probe_result(outs[0]), probe_result(outs[1])
-    for probe in (hosts_probe, relay_probe):
+    for probe in (hosts_probe, relay_probe, probe_result(outs[2])):
         assert probe["control"] == "connected", probe
         assert {h: r for h, r in probe["targets"].items() if r == "connected"} == {}, probe
     assert listener.accepted == [], listener.accepted
     # Egress still is egress: names resolve, and the outside answers when it does for the host.
     assert "error" not in hosts_probe["dns pypi.org"].lower(), hosts_probe
     if _outside_reachable():
-        assert "OUTSIDE connected" in outs[2], outs[2]
+        assert "OUTSIDE connected" in outs[3], outs[3]
     assert labelled_containers(sess.run_id) == []
 
 
