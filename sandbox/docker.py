@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import select
+import selectors
 import struct
 import threading
 import time
@@ -27,7 +27,7 @@ import docker
 import docker.errors
 from docker.types import Mount, Ulimit
 
-from . import disk, procs
+from . import disk, firewall, procs
 from .archive import copy_tree, pack_dir
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .container_files import ContainerFiles
@@ -80,6 +80,8 @@ class DockerSandbox:
         """Host mountpoint of the workspace volume: outputs are read there, link-safely."""
         self.image = ensure_image(spec.image, progress=progress)
         labels = {**creator_labels("container", self.sandbox_id), **dict(spec.labels)}
+        # The workspace volume gets session labels too: gc finds it if its container is gone.
+        self._volume_labels = {**labels, **creator_labels("volume", self.sandbox_id)}
         self._base_env = self._container_env()
         copy_src = spec.workspace_src if spec.workspace_mode == "copy" else None
         if copy_src is not None and not copy_src.is_dir():
@@ -179,7 +181,9 @@ class DockerSandbox:
         if spec.workspace_src is not None and spec.workspace_mode == "bind":
             mounts.append(Mount(spec.workspace, str(spec.workspace_src.resolve()), type="bind"))
         if workspace_volume:
-            mounts.append(Mount(target=spec.workspace, source="", type="volume"))
+            mounts.append(
+                Mount(target=spec.workspace, source="", type="volume", labels=self._volume_labels)
+            )
         with engine_errors("create container"):
             return self._client.containers.create(
                 self.image,
@@ -206,11 +210,14 @@ class DockerSandbox:
             )
 
     def close(self) -> None:
-        """Remove the container and its own networks. Idempotent; never raises."""
-        if self._closed:
+        """Remove the container and its own networks. Idempotent; never raises.
+
+        A close cut short (a stop signal landing in it) is finished by the next call: every
+        step is safe to repeat, and only the last one marks the sandbox cleaned up.
+        """
+        if getattr(self, "_cleaned", False):
             return
         self._closed = True
-        _open_sandboxes.discard(self)
         watch = getattr(self, "_disk", None)
         if watch is not None:
             watch.stop()
@@ -224,6 +231,8 @@ class DockerSandbox:
                 self._client.api.remove_container(f"fsm-{self.sandbox_id}", force=True, v=True)
         if net is not None:
             net.close()
+        self._cleaned = True
+        _open_sandboxes.discard(self)
 
     def release(self) -> str:
         """Leave the container running for a human and let go of it; return its name.
@@ -234,7 +243,11 @@ class DockerSandbox:
         self._check_open()
         self._net.apply(NetworkPolicy.NONE)
         self._net.close()
-        self._closed = True
+        watch = getattr(self, "_disk", None)
+        if watch is not None:
+            watch.stop()
+        # Let go for good: a later close() (the finalizer, exit) must not remove it.
+        self._closed = self._cleaned = True
         _open_sandboxes.discard(self)
         return str(self._container.name)
 
@@ -272,6 +285,8 @@ class DockerSandbox:
             "workspace": self.workspace,
             "workspace_mode": self.spec.workspace_mode,
             "network": self._net.policy.value if hasattr(self, "_net") else None,
+            # What keeps networked stages off the host's own services (issue 15 item 6).
+            "host_firewall": firewall.status().describe(),
             "limits": {
                 "memory": lim.memory,
                 "memory_swap": lim.memory,
@@ -365,13 +380,21 @@ class DockerSandbox:
 
     def _pump(self, sock: Any, sink: OutputSink, deadline: float | None) -> bool:
         """Read multiplexed frames until EOF (True) or the deadline passes (False)."""
+        # A selector, never select.select(): that raises ValueError for a descriptor
+        # >= 1024, which a busy runner reaches (issue 15 item 9).
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_READ)
+            return self._pump_frames(sock, sel, sink, deadline)
+
+    def _pump_frames(
+        self, sock: Any, sel: selectors.BaseSelector, sink: OutputSink, deadline: float | None
+    ) -> bool:
         header = b""
         want = 8
         stream_id = 0
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([sock], [], [], wait)
-            if not ready:
+            if not sel.select(wait):
                 return False
             chunk = _recv(sock, want)
             if not chunk:

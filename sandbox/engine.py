@@ -22,12 +22,30 @@ import requests
 from .errors import EngineUnavailable, SandboxError
 
 LABEL_PREFIX = "fsm-runner"
+# Session keys: set on containers, networks and volumes when we create them. The reaper
+# acts only on these, and only when they were set at create (an image can supply any
+# label to the containers started from it: issue 15 item 3).
 LABEL_SANDBOX = f"{LABEL_PREFIX}.sandbox-id"
 LABEL_CREATOR_PID = f"{LABEL_PREFIX}.creator-pid"
 LABEL_CREATOR_START = f"{LABEL_PREFIX}.creator-start"
 LABEL_CREATOR_HOST = f"{LABEL_PREFIX}.creator-host"
 LABEL_CREATED_AT = f"{LABEL_PREFIX}.created-at"
 LABEL_KIND = f"{LABEL_PREFIX}.kind"
+SESSION_KEYS = (
+    LABEL_KIND,
+    LABEL_SANDBOX,
+    LABEL_CREATOR_PID,
+    LABEL_CREATOR_START,
+    LABEL_CREATOR_HOST,
+    LABEL_CREATED_AT,
+)
+
+# Image keys: a different key set, so an image never hands a session key to the
+# containers started from it.
+IMAGE_LABEL_KIND = f"{LABEL_PREFIX}.image.kind"
+IMAGE_LABEL_CREATED_AT = f"{LABEL_PREFIX}.image.created-at"
+LEGACY_IMAGE_KIND = "image"
+"""``fsm-runner.kind`` of base images built before issue 15 (listed and pruned, never trusted)."""
 
 
 def process_start_ticks(pid: int) -> str:
@@ -42,7 +60,10 @@ def process_start_ticks(pid: int) -> str:
 
 
 def creator_labels(kind: str, sandbox_id: str = "") -> dict[str, str]:
-    """Labels that let ``reaper.gc()`` decide whether an object's creator is still alive."""
+    """Session labels that let ``reaper.gc()`` decide whether an object's creator is alive.
+
+    Only for objects created per session (containers, networks, volumes), never images.
+    """
     pid = os.getpid()
     labels = {
         LABEL_KIND: kind,
@@ -54,6 +75,24 @@ def creator_labels(kind: str, sandbox_id: str = "") -> dict[str, str]:
     if sandbox_id:
         labels[LABEL_SANDBOX] = sandbox_id
     return labels
+
+
+def image_labels(kind: str, **extra: str) -> dict[str, str]:
+    """Labels of an image we build or commit: image keys only, no session key."""
+    return {IMAGE_LABEL_KIND: kind, IMAGE_LABEL_CREATED_AT: f"{time.time():.3f}", **extra}
+
+
+def blank_session_labels(inherited: dict[str, str], wanted: dict[str, str]) -> dict[str, str]:
+    """``wanted`` plus every other ``fsm-runner.*`` key of ``inherited`` set to "".
+
+    ``docker commit`` copies the container's labels into the image and has no way to drop
+    a key (the engine merges them under the ones given), so the session keys of the
+    committed container are overridden with empty values; the reaper ignores those.
+    """
+    blanked = {
+        key: "" for key in inherited if key.startswith(f"{LABEL_PREFIX}.") and key not in wanted
+    }
+    return {**blanked, **wanted}
 
 
 @contextmanager

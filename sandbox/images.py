@@ -25,15 +25,24 @@ from typing import Any
 
 import docker.errors
 
-from .engine import LABEL_KIND, creator_labels, engine_errors, get_client
+from .engine import (
+    IMAGE_LABEL_KIND,
+    LABEL_KIND,
+    LEGACY_IMAGE_KIND,
+    blank_session_labels,
+    engine_errors,
+    get_client,
+    image_labels,
+)
 from .errors import ImageBuildError, SandboxError
 
 SUITE = "bookworm"
 VARIANT = "minbase"
 ROOTFS_REPO = "fsm-runner/rootfs"
 BASE_REPO = "fsm-runner/base"
-BUILDER_VERSION = "1"
-"""Bump when the build procedure changes in a way the hashed inputs do not show."""
+BUILDER_VERSION = "2"
+"""Bump when the build procedure changes in a way the hashed inputs do not show.
+2: image labels only (``fsm-runner.image.kind``), no session keys (issue 15 item 3)."""
 
 Progress = Callable[[str], None]
 
@@ -241,7 +250,7 @@ def _build_rootfs(tag: str, say: Progress) -> None:
         _run_logged(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], tag, "tar", say)
         say(f"importing rootfs ({tarball.stat().st_size / 1e6:.0f} MB) as {tag}")
         repo, _, ver = tag.partition(":")
-        changes = [f'LABEL {k}="{v}"' for k, v in creator_labels("image").items()]
+        changes = [f'LABEL {k}="{v}"' for k, v in image_labels("rootfs").items()]
         client = get_client()
         with engine_errors(f"import {tag}"):
             client.api.import_image_from_file(
@@ -267,6 +276,13 @@ def _run_logged(cmd: list[str], tag: str, step: str, say: Progress) -> None:
         raise ImageBuildError(tag, step, "\n".join(tail))
 
 
+def _base_labels(client: Any, rootfs: str) -> dict[str, str]:
+    """Image labels of the base; any session key the rootfs carries is blanked."""
+    with engine_errors(f"inspect image {rootfs}"):
+        inherited = dict(client.images.get(rootfs).labels or {})
+    return blank_session_labels(inherited, image_labels("base"))
+
+
 def _build_from_dockerfile(tag: str, base: str, say: Progress) -> None:
     say(f"building {tag} from {base} (apt-get install python3, git, ...)")
     started = time.monotonic()
@@ -283,7 +299,7 @@ def _build_from_dockerfile(tag: str, base: str, say: Progress) -> None:
                 path=ctx,
                 tag=tag,
                 buildargs={"BASE": base},
-                labels=creator_labels("image"),
+                labels=_base_labels(client, base),
                 rm=True,
                 forcerm=True,
                 decode=True,
@@ -325,7 +341,7 @@ def base_images(label: str | None = None) -> list[BaseImage]:
     current = {default_image_tag(), rootfs_tag()}
     return [
         BaseImage(
-            names=tuple(img.tags) or (img.id,),
+            names=_our_tags(img),
             size_bytes=int(img.attrs.get("Size", 0)),
             created=str(img.attrs.get("Created", "")),
             current=bool(current & set(img.tags)),
@@ -335,10 +351,29 @@ def base_images(label: str | None = None) -> list[BaseImage]:
 
 
 def _labelled_images(label: str | None) -> list[Any]:
-    labels = [f"{LABEL_KIND}=image", *([label] if label else [])]
-    with engine_errors("list images"):
-        images: list[Any] = get_client().images.list(filters={"label": labels})
-    return sorted(images, key=lambda i: str(i.attrs.get("Created", "")), reverse=True)
+    """Images we built: our label *and* one of our repository names.
+
+    An image built ``FROM`` ours inherits its labels, so a label alone would make someone
+    else's image look like ours (issue 15 item 3); a tag under our repositories does not
+    pass on. Base images built before issue 15 carry ``fsm-runner.kind=image``.
+    """
+    found: dict[str, Any] = {}
+    kinds = [
+        f"{IMAGE_LABEL_KIND}=base",
+        f"{IMAGE_LABEL_KIND}=rootfs",
+        f"{LABEL_KIND}={LEGACY_IMAGE_KIND}",
+    ]
+    for kind in kinds:
+        with engine_errors("list images"):
+            listed = get_client().images.list(
+                filters={"label": [kind, *([label] if label else [])]}
+            )
+        found.update((img.id, img) for img in listed if _our_tags(img))
+    return sorted(found.values(), key=lambda i: str(i.attrs.get("Created", "")), reverse=True)
+
+
+def _our_tags(img: Any) -> tuple[str, ...]:
+    return tuple(t for t in img.tags if t.split(":", 1)[0] in (BASE_REPO, ROOTFS_REPO))
 
 
 @dataclass(frozen=True)

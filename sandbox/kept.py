@@ -29,7 +29,7 @@ def find_kept(run_id: str = "") -> list[KeptSandbox]:
     """Kept sandboxes, of one run (a run id or a prefix of one) or all of them."""
     with engine_errors("list kept sandboxes"):
         found: list[Any] = get_client().containers.list(
-            all=True, filters={"label": LABEL_KEPT}, ignore_removed=True
+            all=True, filters={"label": f"{LABEL_KEPT}=1"}, ignore_removed=True
         )
     out = []
     for ct in found:

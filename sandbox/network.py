@@ -3,12 +3,17 @@
 ``none``: the container has no network at all (loopback only): it is created with
 ``network_mode=none`` and every network is disconnected.
 ``egress``: attached to a shared user bridge ``fsm-runner-egress`` with inter-container
-traffic disabled (two untrusted sandboxes on it cannot reach each other).
+traffic disabled (two untrusted sandboxes on it cannot reach each other), and this
+sandbox's host firewall rules on that bridge: nothing on the host, no other bridge, only
+the outside world.
 ``llm``: attached to a per-sandbox ``internal`` network (no forwarding off the host); a
 relay the runner owns listens on that network's gateway and forwards to the model
-endpoint, and a host firewall rule (when we are root) drops everything the sandbox
-sends to the host except the relay's port. Without the rule an
-internal network still reaches every host service bound to 0.0.0.0 (notes/docker.md §8).
+endpoint, and host firewall rules drop everything the sandbox sends to the host except
+the relay's address and port. Without them an internal network still reaches every host
+service bound to 0.0.0.0 (notes/docker.md §8).
+
+The rules (``firewall.py``) are installed before the container is attached, or the policy
+is refused: there is no fail-open (issue 15 item 6).
 
 Switching costs one or two engine calls (~65 ms each, measured).
 """
@@ -16,8 +21,6 @@ Switching costs one or two engine calls (~65 ms each, measured).
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 from typing import Any
 
 import docker
@@ -25,20 +28,23 @@ import docker
 from .base import NetworkPolicy
 from .engine import creator_labels, engine_errors
 from .errors import SandboxError
+from .firewall import FirewallUnavailable, SandboxFirewall
 from .relay import TcpRelay
 
 EGRESS_NETWORK = "fsm-runner-egress"
 
 
-_egress_id: str | None = None
+_egress: tuple[str, str] | None = None
 
 
-def _egress_network_id(client: docker.DockerClient) -> str:
-    """The egress network's id, looked up once per process (switching is on the hot path)."""
-    global _egress_id
-    if _egress_id is None:
-        _egress_id = str(ensure_egress_network(client).id)
-    return _egress_id
+def _egress_network(client: docker.DockerClient) -> tuple[str, str]:
+    """The egress network's (id, bridge), looked up once per process (switching is on the
+    hot path)."""
+    global _egress
+    if _egress is None:
+        net = ensure_egress_network(client)
+        _egress = (str(net.id), _bridge_name(client, str(net.id), net.attrs))
+    return _egress
 
 
 def ensure_egress_network(client: docker.DockerClient) -> Any:
@@ -77,7 +83,9 @@ class NetworkSwitch:
         self._sandbox_id = sandbox_id
         self._llm_endpoint = llm_endpoint
         self._llm_net: Any = None
-        self._fw_rules: list[list[str]] = []
+        self._llm_net_name: str | None = None
+        """Set before the create call: a stop signal may land while the engine makes it."""
+        self.firewall = SandboxFirewall(sandbox_id)
         self._relay: TcpRelay | None = None
         self.attached: set[str] = {"none"}
         self.policy = NetworkPolicy.NONE
@@ -99,17 +107,26 @@ class NetworkSwitch:
             return
         self._detach_all()
         if policy == NetworkPolicy.EGRESS:
+            self.firewall.require("egress")  # refuse before anything is attached
             try:
-                self._connect(_egress_network_id(self._client), "egress")
-            except SandboxError:  # removed behind our back (engine reset): look it up again
-                global _egress_id
-                _egress_id = None
-                self._connect(_egress_network_id(self._client), "egress")
+                self._connect_egress()
+            except SandboxError as exc:
+                if isinstance(exc, FirewallUnavailable):
+                    raise
+                # Removed behind our back (engine reset): look it up again.
+                global _egress
+                _egress = None
+                self._connect_egress()
         elif policy == NetworkPolicy.LLM:
             self._connect(self._ensure_llm_network().id, "llm")
         # NONE: with every network disconnected only loopback is left, which is what the
         # engine's "none" mode gives; reconnecting "none" would cost a call for nothing.
         self.policy = policy
+
+    def _connect_egress(self) -> None:
+        net_id, bridge = _egress_network(self._client)
+        self.firewall.isolate(bridge)
+        self._connect(net_id, "egress")
 
     def _connect(self, net_id: str, label: str) -> None:
         with engine_errors(f"connect {label} network"):
@@ -129,58 +146,43 @@ class NetworkSwitch:
             return self._llm_net
         if self._llm_endpoint is None:
             raise SandboxError("network policy 'llm' needs SandboxSpec.llm_endpoint=(host, port)")
+        self.firewall.require("llm")  # refuse before the network exists
+        self._llm_net_name = f"fsm-llm-{self._sandbox_id}"
         with engine_errors("create llm network"):
             net = self._client.networks.create(
-                f"fsm-llm-{self._sandbox_id}",
+                self._llm_net_name,
                 driver="bridge",
                 internal=True,
                 labels=creator_labels("network", self._sandbox_id),
             )
             net.reload()
         self._llm_net = net
-        bridge = f"br-{net.id[:12]}"
+        bridge = _bridge_name(self._client, net.id, net.attrs)
         config = (net.attrs.get("IPAM") or {}).get("Config") or [{}]
         self.llm_gateway = config[0].get("Gateway")
         if not self.llm_gateway:
             raise SandboxError(f"llm network {net.name} has no gateway address")
         self._relay = TcpRelay(self.llm_gateway, self._llm_endpoint)
-        self._install_firewall(bridge, self._relay.address[1])
+        self.firewall.isolate(bridge, allow=self._relay.address)
         return net
 
-    def _install_firewall(self, bridge: str, port: int) -> None:
-        """Drop all sandbox->host traffic on ``bridge`` except the model port (root only)."""
-        iptables = shutil.which("iptables")
-        if iptables is None:
-            return
-        rules = [
-            [iptables, "-I", "INPUT", "-i", bridge, "-j", "DROP"],
-            [
-                iptables,
-                "-I",
-                "INPUT",
-                "-i",
-                bridge,
-                "-p",
-                "tcp",
-                "--dport",
-                str(port),
-                "-j",
-                "ACCEPT",
-            ],
-        ]
-        for rule in rules:
-            if subprocess.run(rule, capture_output=True, check=False).returncode == 0:
-                self._fw_rules.append(rule)
-
     def close(self) -> None:
-        for rule in reversed(self._fw_rules):
-            delete = [rule[0], "-D", *rule[2:]]
-            subprocess.run(delete, capture_output=True, check=False)
-        self._fw_rules = []
+        """Rules first (the container is gone by now), then the relay and the network."""
+        self.firewall.remove()
         if self._relay is not None:
             self._relay.close()
             self._relay = None
-        if self._llm_net is not None:
+        if self._llm_net_name is not None:
+            # By name: the handle is missing when the create call was interrupted.
             with contextlib.suppress(docker.errors.DockerException):  # else the reaper removes it
-                self._llm_net.remove()
-            self._llm_net = None
+                self._client.api.remove_network(self._llm_net_name)
+            self._llm_net = self._llm_net_name = None
+
+
+def _bridge_name(client: docker.DockerClient, net_id: str, attrs: Any = None) -> str:
+    """The host interface of a bridge network: its ``bridge.name`` option, else ``br-<id12>``."""
+    if attrs is None:
+        with engine_errors("inspect network"):
+            attrs = client.api.inspect_network(net_id)
+    options = (attrs or {}).get("Options") or {}
+    return str(options.get("com.docker.network.bridge.name") or f"br-{net_id[:12]}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import runner.runs.run_dir as artifacts
+from runner.runs.report import load_run, render_markdown, run_status, summary_json
 from runner.runs.run_dir import (
     MAX_TEXT_CHARS,
     RUN_ID_RE,
@@ -282,10 +283,33 @@ def test_list_runs_newest_first_with_status_tolerating_bad_lines(tmp_path: Path)
     ]
     assert [(r.status, r.ok, r.events) for r in runs] == [
         ("CLOSED", True, 2),
-        ("stage_start", False, 2),
+        ("incomplete", False, 2),  # no final event: killed (issue 15 item 8)
         ("no events", None, 0),
     ]
     assert runs[0].started_at.year == 2025 and runs[0].last_ts is not None
+
+
+def test_killed_or_interrupted_runs_never_read_as_ok(tmp_path: Path) -> None:
+    """Issue 15 item 8: a SIGKILLed run whose rollout passed, and a run stopped by SIGTERM
+    during evaluation, are "incomplete" and "interrupted", never ok."""
+    base = tmp_path / "runs"
+    killed = RunDir("20250105_120000_aaaaaa", base / "20250105_120000_aaaaaa")
+    stopped = RunDir("20250106_120000_bbbbbb", base / "20250106_120000_bbbbbb")
+    for r in (killed, stopped):
+        r.path.mkdir(parents=True)
+        r.event("rollout_end", ok=True)
+        r.event("evaluation_start")
+    stopped.event("interrupted", signal="SIGTERM")
+    stopped.event("transition", from_state="ROLLED_OUT", to_state="CLOSED")
+    runs = {r.run_id: r for r in list_runs(tmp_path, base=base)}
+    assert (runs[killed.run_id].status, runs[killed.run_id].ok) == ("incomplete", None)
+    assert (runs[stopped.run_id].status, runs[stopped.run_id].ok) == ("interrupted", False)
+    for r, status in ((killed, "incomplete"), (stopped, "interrupted")):
+        summary = load_run(r.path)
+        assert summary.ok is not True and run_status(summary) == status
+        assert summary_json(summary)["ok"] is False
+        assert status in render_markdown(summary)
+    assert "interrupted by SIGTERM" in load_run(stopped.path).reason
 
 
 def test_list_runs_default_location_and_missing_dir(tmp_path: Path) -> None:

@@ -172,13 +172,17 @@ def test_network_none_has_no_egress(docker_sandbox: DockerSandbox, host_listener
 
 
 def test_network_switches_while_running(docker_sandbox: DockerSandbox, host_listener: int) -> None:
-    target = f"{CONNECT} {_host_gateway_ip()} {host_listener}"
+    # Egress reaches the outside world (names resolve through the engine's DNS), never
+    # the host itself: the gateway listener stays dropped (issue 15 item 6).
+    host = f"{CONNECT} {_host_gateway_ip()} {host_listener}"
+    outside = "getent hosts pypi.org"
     docker_sandbox.exec("nohup sleep 600 >/dev/null 2>&1 &")
     docker_sandbox.set_network(NetworkPolicy.EGRESS)
-    on = docker_sandbox.exec(target, timeout=20)
-    assert on.stdout.strip() == "HELLO", on
+    on = docker_sandbox.exec(outside, timeout=20)
+    assert on.exit_code == 0 and on.stdout.strip(), on
+    assert "HELLO" not in docker_sandbox.exec(host, timeout=20).stdout
     docker_sandbox.set_network(NetworkPolicy.NONE)
-    off = docker_sandbox.exec(target, timeout=20)
+    off = docker_sandbox.exec(outside, timeout=20)
     assert off.exit_code != 0
     assert docker_sandbox.exec("pgrep -f 'sleep 600'").ok, (
         "switching must not restart the container"

@@ -16,12 +16,17 @@ from sandbox.errors import ENGINE_FIX_COMMAND
 from sandbox.errors import SandboxError as SandboxLayerError
 
 if TYPE_CHECKING:
+    from sandbox.firewall import FirewallStatus
     from sandbox.images import BaseImage, PruneOutcome
     from sandbox.kept import KeptSandbox
     from sandbox.reaper import GcReport
     from sandbox.snapshots import PrunedSnapshot, Snapshot
 
+ALLOW_HOST_ENV = "FSM_RUNNER_ALLOW_HOST_ACCESS"
+"""Mirrors ``sandbox.firewall.ALLOW_ENV`` (checked by tests), without importing it eagerly."""
+
 __all__ = [
+    "ALLOW_HOST_ENV",
     "ENGINE_FIX_COMMAND",
     "Limits",
     "SandboxLayerError",
@@ -31,7 +36,9 @@ __all__ = [
     "engine_info",
     "ensure_image",
     "exec_in_kept",
+    "firewall_status",
     "gc",
+    "gc_summary",
     "image_exists",
     "kept_sandboxes",
     "prune_base_images",
@@ -90,10 +97,12 @@ def prune_snapshots(
     return prune(keep=keep, max_bytes=max_bytes, label=label, dry_run=dry_run)
 
 
-def gc(*, include_live: bool, include_kept: bool = False) -> GcReport:
+def gc(
+    *, include_live: bool, include_kept: bool = False, creator_pids: list[int] | None = None
+) -> GcReport:
     from sandbox.reaper import gc as run_gc
 
-    return run_gc(include_live=include_live, include_kept=include_kept)
+    return run_gc(include_live=include_live, include_kept=include_kept, creator_pids=creator_pids)
 
 
 def kept_sandboxes(run_id: str) -> list[KeptSandbox]:
@@ -108,6 +117,26 @@ def exec_in_kept(name: str, argv: list[str], workdir: str) -> int:
     from sandbox.kept import exec_in
 
     return exec_in(name, argv, workdir)
+
+
+def gc_summary(report: GcReport) -> str:
+    """One line: what ``gc`` removed, kept and could not remove."""
+    removed = (
+        f"removed {len(report.containers)} container(s), {len(report.networks)} network(s), "
+        f"{len(report.volumes)} volume(s), {len(report.rules)} firewall rule(s)"
+    )
+    busy = len(report.in_progress)
+    busy_text = f"; {busy} being removed by another process" if busy else ""
+    failed = f"; {len(report.failed)} could not be removed" if report.failed else ""
+    kept = f"; {report.kept_on_purpose} kept by run --keep" if report.kept_on_purpose else ""
+    return f"{removed}; kept {report.kept_live} live{kept}{busy_text}{failed}"
+
+
+def firewall_status() -> FirewallStatus:
+    """Whether llm/egress stages get host firewall rules here (``doctor``)."""
+    from sandbox.firewall import status
+
+    return status()
 
 
 def engine_info() -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the run failed, or an error the user can fix (contract, engine,
 target), shown as one readable block; 2 a bad option or value, shown as one line;
-130 interrupted (the sandbox is removed first).
+128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; the sandbox is
+removed first).
 """
 
 from __future__ import annotations
@@ -10,17 +11,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.markup import escape
 
-from runner.cli import engine
+from runner.cli import engine, interrupts
 from runner.cli.batch import batch_app
 from runner.cli.common import Quiet, err, out
 from runner.cli.common import fail as _fail
@@ -65,21 +64,23 @@ def gc(
     kept: Annotated[
         bool, typer.Option("--kept", help="Also remove sandboxes left running by run --keep.")
     ] = False,
+    pid: Annotated[
+        list[int] | None,
+        typer.Option(metavar="PID", help="Only objects created by this process (repeatable)."),
+    ] = None,
 ) -> None:
-    """Remove containers and networks left behind by dead runs."""
+    """Remove the containers, networks, volumes and firewall rules of dead runs."""
     try:
-        report = engine.gc(include_live=all_, include_kept=kept)
+        report = engine.gc(include_live=all_, include_kept=kept, creator_pids=pid or None)
     except SandboxLayerError as exc:
         raise _fail(exc) from exc
-    on_purpose = (
-        f"; left {report.kept_on_purpose} kept by run --keep (gc --kept removes them)"
-        if report.kept_on_purpose
-        else ""
-    )
-    out.print(
-        f"removed {len(report.containers)} container(s), {len(report.networks)} network(s); "
-        f"kept {report.kept_live} live{on_purpose}"
-    )
+    out.print(engine.gc_summary(report), markup=False)
+    if report.kept_on_purpose:
+        out.print("gc --kept removes the sandboxes kept by run --keep", markup=False)
+    for line in report.failed:
+        err.print(f"could not remove {line}", markup=False)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 # -- the contract: schema, validate, init --------------------------------------------
@@ -173,17 +174,8 @@ def init(
 # -- run -----------------------------------------------------------------------------
 
 
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Cleanup after Ctrl-C must finish: a second Ctrl-C would leave the container."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 @app.command()
+@interrupts.during  # SIGTERM and SIGHUP stop a run like Ctrl-C: cleaned up, never "ok"
 def run(
     target: Annotated[
         str, typer.Argument(help="Local path, git URL[@ref], owner/repo, or HF dataset URL.")
@@ -240,6 +232,7 @@ def run(
     import runner_env
     from runner.cli.options import limits_of
 
+    stop = interrupts.active()
     style = "quiet" if quiet else ("plain" if follow else view_style(err))
     view = StageView(err, style)
     sess: EnvSession | None = None
@@ -283,7 +276,12 @@ def run(
             view.end()
     except KeyboardInterrupt:
         interrupted = True
-        err.print("interrupted: stopping the run and removing its sandbox", markup=False)
+        err.print(
+            f"interrupted ({stop.name}): stopping the run and removing its sandbox", markup=False
+        )
+        if sess is not None:  # the run dir says so: it never reads as ok
+            with interrupts.shielded(stop):
+                sess.run_dir.event("interrupted", signal=stop.name)
     except ValueError as exc:
         _json_error(as_json, str(exc))
         if isinstance(exc, ContractError):
@@ -295,17 +293,19 @@ def run(
         raise _fail(exc) from exc
     finally:
         if sess is not None:
-            with _sigint_ignored():
+            with interrupts.shielded(stop):
                 sess.close()
     if sess is None:  # interrupted before the session existed: nothing to clean up
         _json_error(as_json, "interrupted")
-        raise typer.Exit(130)
+        raise typer.Exit(stop.exit_code)
     summary = load_run(sess.artifacts_dir)
     report = write_report(sess.artifacts_dir)
     kept = sess.kept_sandbox
     if as_json:
-        extra = {"interrupted": interrupted, "kept_sandbox": kept}
-        print(json.dumps({**summary_json(summary, report), **extra}))
+        result = summary_json(summary, report)
+        if interrupted:
+            result.update(ok=False, status="interrupted", signal=stop.name)
+        print(json.dumps({**result, "interrupted": interrupted, "kept_sandbox": kept}))
     else:
         print_summary(summary, out)
         out.print(f"report: {report}", markup=False)
@@ -313,7 +313,7 @@ def run(
         from runner.cli.debug import say_kept
 
         say_kept(sess.run_id, kept, sess.repo_root)
-    raise typer.Exit(130 if interrupted else 0 if summary.ok else 1)
+    raise typer.Exit(stop.exit_code if interrupted else 0 if summary.ok else 1)
 
 
 def _json_error(as_json: bool, message: str) -> None:
@@ -346,6 +346,8 @@ def runs(
     )
     for info, s in zip(infos, summaries, strict=True):
         result = {True: "[green]ok[/]", False: "[red]failed[/]", None: "-"}[info.ok]
+        if info.status in ("interrupted", "incomplete"):  # killed runs are never ok
+            result = f"[yellow]{info.status}[/]"
         table.add_row(
             info.run_id,
             info.started_at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -402,9 +404,22 @@ def _opencode_check() -> tuple[str, str, str, str]:
     return "warn", "OpenCode", f"{why} (needed only to scaffold or repair contracts)", fix
 
 
+def _firewall_check() -> tuple[str, str, str, str]:
+    """Networked stages (bootstrap, llm) need host firewall rules, or they are refused."""
+    fw = engine.firewall_status()
+    if fw.enforced:
+        return "ok", "host firewall", "llm/egress stages cannot reach this host's services", ""
+    if fw.allowed_without:
+        detail = f"{fw.reason}: llm/egress stages run WITHOUT it ({engine.ALLOW_HOST_ENV}=1)"
+        return "warn", "host firewall", detail, "run as root with iptables installed"
+    detail = f"{fw.reason}: llm/egress stages are refused"
+    fix = f"run as root with iptables, or accept the risk: {engine.ALLOW_HOST_ENV}=1"
+    return "fail", "host firewall", detail, fix
+
+
 @app.command()
 def doctor() -> None:
-    """Check what runs need: engine, default image, disk space, OpenCode (with the fixes)."""
+    """Check what runs need: engine, image, disk, host firewall, OpenCode (with the fixes)."""
     checks: list[tuple[str, str, str, str]] = []  # (mark, what, detail, fix)
     root = engine.cache_dir()
     try:
@@ -428,6 +443,7 @@ def doctor() -> None:
     mark = "fail" if free < 2 else "warn" if free < 10 else "ok"
     fix = "fsm-runner gc && fsm-runner images prune" if mark != "ok" else ""
     checks.append((mark, "disk space", f"{free:.1f} GB free in {where}", fix))
+    checks.append(_firewall_check())
     checks.append(_opencode_check())
     glyph = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[bold red]✗[/]"}
     for mark, what, detail, fix in checks:

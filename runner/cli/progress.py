@@ -31,6 +31,7 @@ from runner.runs.report import (
     command_row,
     fmt_seconds,
     hints_text,
+    run_status,
     score_text,
 )
 from runner.trust.terminal import strip_controls
@@ -237,11 +238,17 @@ def print_summary(s: RunSummary, console: Console) -> None:
         False: "[bold red]FAILED[/]",
         None: "[yellow]unfinished[/]",
     }
-    console.print(f"{verdict[s.ok]}{score}{samples} · {fmt_seconds(s.duration_s)} · run {s.run_id}")
+    head = verdict[s.ok]
+    status = run_status(s)  # killed or interrupted runs say so, never "ok" (issue 15)
+    if status == "interrupted":
+        head = f"[bold yellow]interrupted[/] by {s.interrupted}"
+    elif status == "incomplete" and s.started:
+        head = "[bold yellow]incomplete[/] (no final event: killed, or still running)"
+    console.print(f"{head}{score}{samples} · {fmt_seconds(s.duration_s)} · run {s.run_id}")
     if hints_text(s.hints):
         console.print(f"official commands: {hints_text(s.hints)}", markup=False)
     failed = s.failed_row
-    if s.ok is False or failed is not None:
+    if (s.ok is False and not s.interrupted) or failed is not None:
         where = s.failed_stage or (failed.stage if failed else "?")
         console.print(f"failed at {where}: {s.reason}", markup=False)
     if failed is not None and failed.commands:

@@ -3,6 +3,12 @@
 The read side of :mod:`runner.runs.run_dir` (which re-exports it): ``fsm-runner runs``
 summarises every run dir, including ones a crashed or older runner left behind, while
 the writer only ever touches its own run.
+
+A run is over when its session recorded the transition to ``CLOSED`` (the last thing
+``EnvSession.close()`` writes). A run dir without it was killed (SIGKILL, a crash, the
+machine going down) or is still running: it is ``incomplete`` and never reads as ok,
+whatever its last rollout said (issue 15 item 8). A run stopped by a signal records an
+``interrupted`` event and is never ok either.
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from pathlib import Path
 
 EVENTS_FILE = "events.jsonl"
 """The run's event log, one JSON object a line; :meth:`runner.runs.run_dir.RunDir.event` appends."""
+FINAL_STATE = "CLOSED"
+"""``to_state`` of the session's last transition: the run dir is complete."""
+INTERRUPTED = "interrupted"
+"""Event kind the CLI records when a signal stops a run (field ``signal``)."""
+INCOMPLETE = "incomplete"
 RUN_ID_RE = re.compile(r"^(\d{8}_\d{6})(?:_[0-9a-f]{6})?$")
 """Our ids (``YYYYmmdd_HHMMSS_<6 hex>``) and the predecessor's (no suffix)."""
 
@@ -28,21 +39,41 @@ class RunInfo:
     started_at: datetime
     """From the run id (UTC)."""
     status: str
-    """The last transition's target state, else the last event's kind, else "no events"."""
+    """"interrupted", "incomplete" (no final event), else the last transition's target
+    state, else the last event's kind, else "no events"."""
     ok: bool | None
-    """``ok`` of the last rollout_end/evaluation_end event; None when there is none."""
+    """``ok`` of the last rollout_end/evaluation_end event, never True for an interrupted
+    or incomplete run; None when there is none (or the run did not finish)."""
     events: int
     """Parseable lines in events.jsonl (partial or corrupt lines are skipped)."""
     last_ts: str | None = None
 
 
-def _read_events(path: Path) -> tuple[int, dict[str, object] | None, bool | None]:
-    """Count parseable lines; return the last one and the last rollout/evaluation ``ok``."""
+def final_ok(ok: bool | None, *, closed: bool, interrupted: bool) -> bool | None:
+    """What a run's ``ok`` may say: a run that did not reach its final event is not ok."""
+    if interrupted:
+        return False
+    if not closed:
+        return False if ok is False else None
+    return ok
+
+
+@dataclass
+class _Scan:
+    count: int = 0
+    last: dict[str, object] | None = None
+    ok: bool | None = None
+    closed: bool = False
+    interrupted: bool = False
+
+
+def _read_events(path: Path) -> _Scan:
+    """Count parseable lines; the last one, the last rollout/evaluation ``ok``, the end."""
+    scan = _Scan()
     try:
         raw = path.read_bytes()
     except OSError:
-        return 0, None, None
-    count, last, ok = 0, None, None
+        return scan
     for line in raw.decode("utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
@@ -50,10 +81,15 @@ def _read_events(path: Path) -> tuple[int, dict[str, object] | None, bool | None
             continue  # a partial line from a crash, or a corrupt one
         if not isinstance(rec, dict):
             continue
-        count, last = count + 1, rec
-        if rec.get("kind") in ("rollout_end", "evaluation_end") and isinstance(rec.get("ok"), bool):
-            ok = rec["ok"]
-    return count, last, ok
+        scan.count, scan.last = scan.count + 1, rec
+        kind = rec.get("kind")
+        if kind in ("rollout_end", "evaluation_end") and isinstance(rec.get("ok"), bool):
+            scan.ok = rec["ok"]
+        elif kind == "transition" and rec.get("to_state") == FINAL_STATE:
+            scan.closed = True
+        elif kind == INTERRUPTED:
+            scan.interrupted = True
+    return scan
 
 
 def list_runs(repo_root: Path, base: Path | None = None) -> list[RunInfo]:
@@ -68,16 +104,22 @@ def list_runs(repo_root: Path, base: Path | None = None) -> list[RunInfo]:
             continue
         started = datetime.strptime(match.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
         events = path / EVENTS_FILE
-        count, last, ok = _read_events(events)
+        scan = _read_events(events)
+        last = scan.last
         if last is None:
             status = "no events"
+        elif scan.interrupted:
+            status = INTERRUPTED
+        elif not scan.closed:
+            status = INCOMPLETE
         elif last.get("kind") == "transition" and last.get("to_state"):
             status = str(last["to_state"])
         else:
             status = str(last.get("kind", "unknown"))
         ts = last.get("ts") if last else None
+        ok = final_ok(scan.ok, closed=scan.closed, interrupted=scan.interrupted)
         info = RunInfo(
-            path.name, path, started, status, ok, count, ts if isinstance(ts, str) else None
+            path.name, path, started, status, ok, scan.count, ts if isinstance(ts, str) else None
         )
         mtime = (events if events.exists() else path).stat().st_mtime
         found.append(((match.group(1), mtime), info))

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runner.runs.listing import FINAL_STATE, INCOMPLETE, INTERRUPTED, final_ok
 from runner.runs.run_dir import EVENTS_FILE, RunDir
 from runner.trust.terminal import strip_controls
 
@@ -106,6 +107,10 @@ class RunSummary:
     samples: int | None = None
     phase: str | None = None
     """``rollout`` or ``evaluation``: which call's end event the result comes from."""
+    closed: bool = False
+    """The session recorded its final transition (to CLOSED): the run is over."""
+    interrupted: str | None = None
+    """The signal that stopped the run (``SIGINT``, ``SIGTERM``...), when one did."""
     sandbox: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
     stages: list[StageRow] = field(default_factory=list)
@@ -231,6 +236,9 @@ def load_run(run_dir: Path) -> RunSummary:
             row.reason = strip_controls(str(ev.get("reason") or ""))
         elif kind == "transition":
             summary.state = ev.get("to_state")
+            summary.closed = summary.closed or summary.state == FINAL_STATE
+        elif kind == INTERRUPTED:
+            summary.interrupted = str(ev.get("signal") or "a signal")
         elif kind in _END_KINDS:
             summary.phase = str(kind).removesuffix("_end")
             summary.ok = ev.get("ok") is True
@@ -248,6 +256,12 @@ def load_run(run_dir: Path) -> RunSummary:
             detail = {k: v for k, v in ev.items() if k not in ("ts", "kind")}
             summary.findings.append(strip_controls(f"{kind}: {json.dumps(detail, default=str)}"))
     _add_unlogged_stages(summary)
+    # Killed or interrupted runs never read as ok, whatever their rollout said (issue 15).
+    summary.ok = final_ok(
+        summary.ok, closed=summary.closed, interrupted=summary.interrupted is not None
+    )
+    if summary.interrupted and not summary.reason:
+        summary.reason = f"interrupted by {summary.interrupted}"
     summary.sandbox = _read_json(run_dir / "sandbox.json")
     summary.policy = _read_json(run_dir / "policy.json")
     # The session writes contract and audit errors next to the commands, as *_error.txt.
@@ -301,6 +315,10 @@ def _cell(text: object, limit: int = 90) -> str:
 
 
 def _result_line(s: RunSummary) -> str:
+    if s.interrupted:
+        return f"**interrupted** by {s.interrupted} (not ok)"
+    if not s.closed and s.started:
+        return f"**{INCOMPLETE}**: no final event (the runner was killed, or is still running)"
     if s.ok is None:
         return "did not finish (no rollout or evaluation result was recorded)"
     if s.ok:
@@ -449,10 +467,20 @@ def write_report(run_dir: Path) -> Path:
 # -- JSON for `run --json` and `runs --json` -------------------------------------------
 
 
+def run_status(s: RunSummary) -> str:
+    """ok, failed, interrupted, or incomplete (no final event): one word for tables and JSON."""
+    if s.interrupted:
+        return INTERRUPTED
+    if not s.closed:
+        return INCOMPLETE
+    return {True: "ok", False: "failed", None: "no result"}[s.ok]
+
+
 def summary_json(s: RunSummary, report: Path | None = None) -> dict[str, Any]:
     """The object ``fsm-runner run --json`` and ``runs --json`` print for one run."""
     return {
         "ok": bool(s.ok),
+        "status": run_status(s),
         "failed_stage": s.failed_stage,
         "reason": s.reason,
         "score": s.score,
