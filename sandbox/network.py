@@ -25,6 +25,7 @@ from typing import Any
 
 import docker
 
+from . import subnets
 from .base import NetworkPolicy
 from .engine import creator_labels, engine_errors
 from .errors import SandboxError
@@ -148,14 +149,7 @@ class NetworkSwitch:
             raise SandboxError("network policy 'llm' needs SandboxSpec.llm_endpoint=(host, port)")
         self.firewall.require("llm")  # refuse before the network exists
         self._llm_net_name = f"fsm-llm-{self._sandbox_id}"
-        with engine_errors("create llm network"):
-            net = self._client.networks.create(
-                self._llm_net_name,
-                driver="bridge",
-                internal=True,
-                labels=creator_labels("network", self._sandbox_id),
-            )
-            net.reload()
+        net = self._create_llm_network(self._llm_net_name)
         self._llm_net = net
         bridge = _bridge_name(self._client, net.id, net.attrs)
         config = (net.attrs.get("IPAM") or {}).get("Config") or [{}]
@@ -165,6 +159,34 @@ class NetworkSwitch:
         self._relay = TcpRelay(self.llm_gateway, self._llm_endpoint)
         self.firewall.isolate(bridge, allow=self._relay.address)
         return net
+
+    def _create_llm_network(self, name: str) -> Any:
+        """An internal network on a /28 of our own pool (``subnets.py``), not an engine pool."""
+        taken: list[str] = []
+        for subnet, gateway in subnets.candidates(self._sandbox_id):
+            ipam = docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=gateway)]
+            )
+            with engine_errors("create llm network"):
+                try:
+                    net = self._client.networks.create(
+                        name,
+                        driver="bridge",
+                        internal=True,
+                        ipam=ipam,
+                        labels=creator_labels("network", self._sandbox_id),
+                    )
+                except docker.errors.APIError as exc:
+                    if "overlap" not in str(exc.explanation or exc).lower():
+                        raise
+                    taken.append(subnet)  # another network holds it: try the next
+                    continue
+                net.reload()
+                return net
+        raise SandboxError(
+            f"create llm network: no free /{subnets.PREFIX} in {subnets.pool()} after "
+            f"{len(taken)} taken; set {subnets.POOL_ENV} to a larger private range"
+        )
 
     def close(self) -> None:
         """Rules first (the container is gone by now), then the relay and the network."""
