@@ -28,7 +28,7 @@ import docker.errors
 from docker.types import Mount, Ulimit
 
 from . import procs
-from .archive import copy_tree, pack_dir
+from .archive import pack_dir
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .container_files import ContainerFiles
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
@@ -36,6 +36,7 @@ from .errors import SandboxClosed, SandboxError
 from .images import ensure_image
 from .network import NetworkSwitch
 from .output import OutputCallback, OutputSink
+from .volume_fill import copy_tree
 
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CA_ENV = (
