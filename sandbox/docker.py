@@ -56,10 +56,39 @@ KILL_GRACE_S = 10.0
 
 _open_sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
 
+_remove_in_background = False
+_removals: set[threading.Thread] = set()
+_removals_lock = threading.Lock()
+
+
+def remove_in_background(enabled: bool = True) -> None:
+    """From now on ``close()`` removes containers in a thread and returns at once.
+
+    For a command that has its result once the last stage ran (``fsm-runner run``): the
+    removal (~50-400 ms of engine time) overlaps writing the manifest, the report and
+    the result. The threads are not daemons, so the interpreter joins them before the
+    process exits (``wait_for_removals`` joins them earlier); a process killed before
+    that leaves labelled containers that ``fsm-runner gc`` removes (issue 17).
+    """
+    global _remove_in_background
+    _remove_in_background = enabled
+
+
+def wait_for_removals(timeout: float | None = None) -> bool:
+    """Join the background removals started so far; True when none is left running."""
+    with _removals_lock:
+        pending = list(_removals)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for thread in pending:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    with _removals_lock:
+        return not any(t.is_alive() for t in _removals)
+
 
 def _close_leftovers() -> None:
     for sandbox in list(_open_sandboxes):
-        sandbox.close()
+        sandbox.close(wait=True)
+    wait_for_removals()
 
 
 atexit.register(_close_leftovers)
@@ -130,7 +159,7 @@ class DockerSandbox:
             if spec.network != NetworkPolicy.NONE:
                 self._net.apply(spec.network)
         except BaseException:
-            self.close()
+            self.close(wait=True)
             raise
 
     # -- lifecycle -----------------------------------------------------------------
@@ -192,12 +221,36 @@ class DockerSandbox:
                 stop_signal="SIGKILL",
             )
 
-    def close(self) -> None:
-        """Remove the container and its own networks. Idempotent; never raises."""
+    def close(self, *, wait: bool | None = None) -> None:
+        """Remove the container and its own networks. Idempotent; never raises.
+
+        ``wait=False`` (or ``remove_in_background()`` in effect and ``wait`` not given):
+        the removal runs in a non-daemon thread, joined before the process exits.
+        """
         if self._closed:
             return
         self._closed = True
         _open_sandboxes.discard(self)
+        if wait is False or (wait is None and _remove_in_background):
+            thread = threading.Thread(
+                target=self._remove, name=f"fsm-remove-{self.sandbox_id}", daemon=False
+            )
+            with _removals_lock:
+                _removals.add(thread)
+            thread.start()
+            return
+        self._remove()
+
+    def _remove(self) -> None:
+        try:
+            # Engine gone mid-removal: the reaper removes it by label; never a traceback.
+            with contextlib.suppress(Exception):
+                self._remove_now()
+        finally:
+            with _removals_lock:
+                _removals.discard(threading.current_thread())
+
+    def _remove_now(self) -> None:
         net = getattr(self, "_net", None)
         # Already gone, or the reaper removes it by label: close never raises. Without a
         # handle (create timed out or was interrupted after the engine made it), by name.
@@ -462,7 +515,8 @@ def find_sandbox_containers(sandbox_id: str) -> list[Any]:
     """Containers labelled with ``sandbox_id`` (tests and the reaper use this)."""
     with engine_errors("list containers"):
         return list(
+            # ignore_removed: one being removed (a background close) may vanish mid-listing.
             get_client().containers.list(
-                all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"}
+                all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"}, ignore_removed=True
             )
         )

@@ -91,6 +91,11 @@ def gc(*, include_live: bool = False) -> GcReport:
             report.containers.append(ct.name)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as exc:
+            # 409 "removal ... already in progress": a killed creator's removal (issue 17's
+            # background close) is finishing it; not ours to report, nor a failure.
+            if exc.status_code != 409:
+                raise
     with engine_errors("list networks"):
         networks: list[Any] = client.networks.list(filters={"label": f"{LABEL_KIND}=network"})
     for net in networks:

@@ -33,8 +33,19 @@ __all__ = [
     "image_exists",
     "prune_base_images",
     "prune_snapshots",
+    "remove_sandboxes_in_background",
     "snapshots",
 ]
+
+
+def remove_sandboxes_in_background() -> None:
+    """Sandboxes closed from now on are removed while the command finishes (issue 17).
+
+    The removals are joined before the process exits (non-daemon threads).
+    """
+    from sandbox.docker import remove_in_background
+
+    remove_in_background()
 
 
 def ensure_image(image: str | None, progress: Callable[[str], None] | None) -> str:

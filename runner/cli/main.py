@@ -180,6 +180,8 @@ def run(
     """setup + rollout + evaluate; exit code 0 only when the evaluation is ok."""
     import runner_env
 
+    engine.remove_sandboxes_in_background()  # overlaps the report; joined before exit
+
     view = StageView(err, "quiet" if quiet else view_style(err))
     sess: EnvSession | None = None
     interrupted = False
