@@ -14,7 +14,6 @@ import contextlib
 import os
 import select
 import struct
-import threading
 import time
 import uuid
 import weakref
@@ -34,6 +33,15 @@ from .container_files import ContainerFiles
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
 from .images import ensure_image
+from .lifecycle import (
+    Background,
+    can_fill_volumes,
+    can_prepare,
+    create_key,
+    removing_in_background,
+    start_removal,
+    wait_for_removals,
+)
 from .network import NetworkSwitch
 from .output import OutputCallback, OutputSink
 from .volume_fill import copy_tree
@@ -56,34 +64,6 @@ KILL_GRACE_S = 10.0
 
 _open_sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
 
-_remove_in_background = False
-_removals: set[threading.Thread] = set()
-_removals_lock = threading.Lock()
-
-
-def remove_in_background(enabled: bool = True) -> None:
-    """From now on ``close()`` removes containers in a thread and returns at once.
-
-    For a command that has its result once the last stage ran (``fsm-runner run``): the
-    removal (~50-400 ms of engine time) overlaps writing the manifest, the report and
-    the result. The threads are not daemons, so the interpreter joins them before the
-    process exits (``wait_for_removals`` joins them earlier); a process killed before
-    that leaves labelled containers that ``fsm-runner gc`` removes (issue 17).
-    """
-    global _remove_in_background
-    _remove_in_background = enabled
-
-
-def wait_for_removals(timeout: float | None = None) -> bool:
-    """Join the background removals started so far; True when none is left running."""
-    with _removals_lock:
-        pending = list(_removals)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    for thread in pending:
-        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-    with _removals_lock:
-        return not any(t.is_alive() for t in _removals)
-
 
 def _close_leftovers() -> None:
     for sandbox in list(_open_sandboxes):
@@ -97,10 +77,18 @@ atexit.register(_close_leftovers)
 class DockerSandbox:
     """A disposable hardened container. Open with ``open_sandbox(spec)``."""
 
-    def __init__(self, spec: SandboxSpec, *, progress: Any = None) -> None:
+    def __init__(self, spec: SandboxSpec, *, progress: Any = None, prepare: bool = False) -> None:
+        """Open a sandbox for ``spec``.
+
+        ``prepare=True`` (the warm pool, ``pool.py``): only create and start the container
+        with an empty workspace volume; ``adopt()`` later gives it its workspace and
+        network. The container is created by the same ``_create`` either way.
+        """
         self.spec = spec
         self.workspace = spec.workspace
         self.sandbox_id = uuid.uuid4().hex[:12]
+        self.prepared = prepare
+        """Created ahead by a warm pool (recorded in ``describe()``)."""
         self._client = get_client()
         self._closed = False
         self._container: Any = None
@@ -113,54 +101,91 @@ class DockerSandbox:
         if copy_src is not None and not copy_src.is_dir():
             raise SandboxError(f"workspace source {copy_src} is not a directory")
         try:
-            # Fast path: the workspace is an anonymous volume of this container, filled by a
-            # plain host copy into its mountpoint (under the engine's root-only data dir)
-            # before start. Otherwise (not root, remote engine) the tar is packed while the
-            # engine creates the container and copied in through the archive API.
-            in_volume = copy_src is not None and not spec.workspace_in_image
-            via_volume = in_volume and _can_fill_volumes()
-            packer = None
-            if copy_src is not None and not via_volume:
-                name = PurePosixPath(self.workspace).name
-                packer = _Background(lambda: pack_dir(copy_src, name, self.spec.exclude))
-            # A copied workspace is a volume (filled either way): it is then never part of
-            # the container's root filesystem, so a snapshot (``docker commit``) never
-            # bakes one run's checkout into an image. Over a snapshot's own workspace
-            # files it is the container's filesystem, so those need no copy.
-            self._container = self._create(labels, workspace_volume=in_volume)
-            _open_sandboxes.add(self)
-            if via_volume and copy_src is not None:
-                # The volume is mounted at start, so the host copy can overlap the start:
-                # no exec can run before both are done.
-                starter = _Background(self._container.start)
-                self._volume_path = self._volume_source()
-                copy_tree(copy_src, self._volume_path, self.spec.exclude)
-                with engine_errors("start container"):
-                    starter.result()
-            else:
-                if packer is not None:
-                    with packer.result() as archive, engine_errors("copy workspace in"):
-                        parent = str(PurePosixPath(self.workspace).parent)
-                        self._container.put_archive(parent, archive)
+            if prepare:
+                if not can_prepare(spec):
+                    raise SandboxError("only a copied workspace in a fillable volume is prepared")
+                self._container = self._create(labels, workspace_volume=True)
+                _open_sandboxes.add(self)
                 with engine_errors("start container"):
                     self._container.start()
-            self._files = ContainerFiles(self._container, self.workspace, self._volume_path)
-            with engine_errors("inspect container"):
-                self._container.reload()
-            self._init_pid = int(self._container.attrs["State"]["Pid"])
-            self._procs_file = procs.host_cgroup_procs(self._init_pid)
-            self._host_kill = procs.host_can_inspect(self._procs_file)
-            self._oom_file = procs.host_memory_oom_file(self._init_pid)
-            self._oom_baseline: int | None = procs.read_oom_kills(self._oom_file)
-            self._net = NetworkSwitch(
-                self._client, self._container, self.sandbox_id, spec.llm_endpoint
-            )
-            self._net.prepare_llm()
-            if spec.network != NetworkPolicy.NONE:
-                self._net.apply(spec.network)
+                self._volume_path = self._volume_source()
+                return
+            self._open(labels, copy_src)
+            self._finish_open()
         except BaseException:
             self.close(wait=True)
             raise
+
+    def adopt(self, spec: SandboxSpec) -> None:
+        """Finish opening a prepared sandbox for ``spec``: copy the workspace, set the network.
+
+        Raises:
+            SandboxError: ``spec`` would create a different container (``create_key``),
+                or the copy or the engine failed (the sandbox is then closed).
+        """
+        if create_key(spec) != create_key(self.spec) or not self.prepared:
+            raise SandboxError("a prepared sandbox only serves a spec with its own create key")
+        self.spec = spec
+        try:
+            if spec.workspace_src is not None:
+                if not spec.workspace_src.is_dir():
+                    raise SandboxError(f"workspace source {spec.workspace_src} is not a directory")
+                assert self._volume_path is not None
+                copy_tree(spec.workspace_src, self._volume_path, spec.exclude)
+            self._finish_open()
+        except BaseException:
+            self.close(wait=True)
+            raise
+
+    def _open(self, labels: dict[str, str], copy_src: Path | None) -> None:
+        spec = self.spec
+        # Fast path: the workspace is an anonymous volume of this container, filled by a
+        # plain host copy into its mountpoint (under the engine's root-only data dir)
+        # before start. Otherwise (not root, remote engine) the tar is packed while the
+        # engine creates the container and copied in through the archive API.
+        in_volume = copy_src is not None and not spec.workspace_in_image
+        via_volume = in_volume and can_fill_volumes()
+        packer = None
+        if copy_src is not None and not via_volume:
+            name = PurePosixPath(self.workspace).name
+            packer = Background(lambda: pack_dir(copy_src, name, self.spec.exclude))
+        # A copied workspace is a volume (filled either way): it is then never part of
+        # the container's root filesystem, so a snapshot (``docker commit``) never
+        # bakes one run's checkout into an image. Over a snapshot's own workspace
+        # files it is the container's filesystem, so those need no copy.
+        self._container = self._create(labels, workspace_volume=in_volume)
+        _open_sandboxes.add(self)
+        if via_volume and copy_src is not None:
+            # The volume is mounted at start, so the host copy can overlap the start:
+            # no exec can run before both are done.
+            starter = Background(self._container.start)
+            self._volume_path = self._volume_source()
+            copy_tree(copy_src, self._volume_path, self.spec.exclude)
+            with engine_errors("start container"):
+                starter.result()
+        else:
+            if packer is not None:
+                with packer.result() as archive, engine_errors("copy workspace in"):
+                    parent = str(PurePosixPath(self.workspace).parent)
+                    self._container.put_archive(parent, archive)
+            with engine_errors("start container"):
+                self._container.start()
+
+    def _finish_open(self) -> None:
+        """What a started container needs before the first exec: pids, OOM counter, network."""
+        spec = self.spec
+        self._files = ContainerFiles(self._container, self.workspace, self._volume_path)
+        with engine_errors("inspect container"):
+            self._container.reload()
+        self._init_pid = int(self._container.attrs["State"]["Pid"])
+        self._procs_file = procs.host_cgroup_procs(self._init_pid)
+        self._host_kill = procs.host_can_inspect(self._procs_file)
+        self._oom_file = procs.host_memory_oom_file(self._init_pid)
+        self._oom_baseline: int | None = procs.read_oom_kills(self._oom_file)
+        self._net = NetworkSwitch(self._client, self._container, self.sandbox_id, spec.llm_endpoint)
+        self._net.prepare_llm()
+        if spec.network != NetworkPolicy.NONE:
+            self._net.apply(spec.network)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -231,26 +256,17 @@ class DockerSandbox:
             return
         self._closed = True
         _open_sandboxes.discard(self)
-        if wait is False or (wait is None and _remove_in_background):
-            thread = threading.Thread(
-                target=self._remove, name=f"fsm-remove-{self.sandbox_id}", daemon=False
-            )
-            with _removals_lock:
-                _removals.add(thread)
-            thread.start()
+        if wait is False or (wait is None and removing_in_background()):
+            start_removal(f"fsm-remove-{self.sandbox_id}", self._remove_quietly)
             return
         self._remove()
 
-    def _remove(self) -> None:
-        try:
-            # Engine gone mid-removal: the reaper removes it by label; never a traceback.
-            with contextlib.suppress(Exception):
-                self._remove_now()
-        finally:
-            with _removals_lock:
-                _removals.discard(threading.current_thread())
+    def _remove_quietly(self) -> None:
+        # In a thread: an engine gone mid-removal leaves it to the reaper, no traceback.
+        with contextlib.suppress(Exception):
+            self._remove()
 
-    def _remove_now(self) -> None:
+    def _remove(self) -> None:
         net = getattr(self, "_net", None)
         # Already gone, or the reaper removes it by label: close never raises. Without a
         # handle (create timed out or was interrupted after the engine made it), by name.
@@ -307,6 +323,7 @@ class DockerSandbox:
             "capabilities": CAPS,
             "security_opt": ["no-new-privileges"],
             "init": True,
+            "prepared": self.prepared,
         }
 
     # -- operations ----------------------------------------------------------------
@@ -461,37 +478,6 @@ class DockerSandbox:
         self._check_open()
         full = self._resolve_cwd(sandbox_path)
         return self._files.pull(full, Path(host_path), max_file_bytes=max_file_bytes)
-
-
-class _Background:
-    """Run ``fn`` in a thread now; ``result()`` joins and re-raises its exception."""
-
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as exc:  # re-raised in the caller's thread by result()
-            self._error = exc
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-def _can_fill_volumes() -> bool:
-    """True when volume mountpoints are on this host and writable by us (root, local engine)."""
-    if os.environ.get("FSM_RUNNER_WORKSPACE_COPY") == "archive":  # force the portable path
-        return False
-    host = os.environ.get("DOCKER_HOST", "")
-    return os.geteuid() == 0 and (not host or host.startswith("unix://"))
 
 
 def _recv(sock: Any, n: int) -> bytes:

@@ -26,7 +26,7 @@ def _creator(tmp_path: Path, image: str, after_close: str) -> subprocess.Complet
         textwrap.dedent(f"""
         import os, signal, sys
         from sandbox import SandboxSpec, open_sandbox
-        from sandbox.docker import remove_in_background
+        from sandbox.lifecycle import remove_in_background
         remove_in_background()
         sb = open_sandbox(SandboxSpec(image={image!r}))
         print(sb.sandbox_id, flush=True)
@@ -67,7 +67,7 @@ def test_a_killed_process_leaves_nothing_gc_cannot_remove(
 
 def test_wait_for_removals_joins_in_process(default_image: str) -> None:
     from sandbox import SandboxSpec, open_sandbox
-    from sandbox.docker import wait_for_removals
+    from sandbox.lifecycle import wait_for_removals
 
     sb = open_sandbox(SandboxSpec(image=default_image))
     sid = sb.sandbox_id

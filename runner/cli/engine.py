@@ -43,7 +43,7 @@ def remove_sandboxes_in_background() -> None:
 
     The removals are joined before the process exits (non-daemon threads).
     """
-    from sandbox.docker import remove_in_background
+    from sandbox.lifecycle import remove_in_background
 
     remove_in_background()
 
