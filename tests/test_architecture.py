@@ -192,5 +192,5 @@ def test_runner_env_names_resolve_and_are_listed() -> None:
 )
 def test_the_cli_loads_no_engine_batch_or_hub_before_a_command_runs(code: str) -> None:
     loaded = _loaded_after(code)
-    heavy = ("docker", "dask", "runner.batch", "huggingface_hub", "runner.session", "pydantic")
+    heavy = ("docker", "dask", "runner.batch", "huggingface_hub", "runner.api", "pydantic")
     assert _heavy(loaded, heavy) == []

@@ -31,6 +31,7 @@ from runner.cli.replay import replay_app
 from runner.cli.starter import STARTER_FILES
 from runner.errors import ContractError, RunnerError
 from runner.runs.report import fmt_seconds, load_run, summary_json, write_report
+from runner.session.prestart import prestart
 
 if TYPE_CHECKING:
     from runner.session.machine import EnvSession
@@ -181,6 +182,8 @@ def run(
     import runner_env
 
     engine.remove_sandboxes_in_background()  # overlaps the report; joined before exit
+    # The container starts while the runner loads (runner/session/prestart.py).
+    run_id = prestart(target, backend=sandbox, image=image, llm=llm)
 
     view = StageView(err, "quiet" if quiet else view_style(err))
     sess: EnvSession | None = None
@@ -189,6 +192,7 @@ def run(
     try:
         sess = runner_env.setup(
             target,
+            run_id=run_id,
             progress=view,
             sandbox=sandbox,
             image=image,
