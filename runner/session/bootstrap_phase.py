@@ -14,7 +14,7 @@ import time
 from runner.contract import ActionsSpec, BootstrapSpec, absolutize_env_paths, expand_env
 from runner.contract.paths import FIXED_OUTPUTS
 from runner.session.actions import run_actions
-from runner.session.bootstrap_cache import CachePlan, mark_bootstrap_start, save_snapshot
+from runner.session.bootstrap_cache import CachePlan, bootstrap_start_shell, save_snapshot
 from runner.session.passes import Pass
 from runner.session.pipeline_stages import StageContext, exec_stage, net
 from runner.session.sandbox_open import record_bootstrap_cache, record_stage_network
@@ -65,10 +65,13 @@ def run_bootstrap(
         record_stage_network(run_dir, "bootstrap", plan.network.value)
         ctx.say(f"bootstrap ({len(plan.cmds)} command(s), network={plan.network.value})")
         saving = cache is not None and cache.mode == "on" and bool(cache.key) and not cache.hit
-        if saving:
-            mark_bootstrap_start(sb)
         started = time.monotonic()
-        result = exec_stage(ctx, plan, Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"]))
+        result = exec_stage(
+            ctx,
+            plan,
+            Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"]),
+            prelude=bootstrap_start_shell() if saving else "",
+        )
         if saving and result.ok and cache is not None:
             _save(ctx, cache, time.monotonic() - started)
     if (result is None or result.ok) and actions and actions.actions:
