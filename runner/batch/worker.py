@@ -38,6 +38,7 @@ from runner.runs.run_dir import new_run_id
 from runner.session.results import EvaluationResult, RolloutResult
 from sandbox.errors import SandboxError as SandboxLayerError
 from sandbox.errors import UnsafeArchive
+from sandbox.lifecycle import remove_in_background
 from sandbox.pool import WarmPool, install
 
 __all__ = ["RetryPolicy", "init_pool_worker", "is_infra_error", "run_job"]
@@ -178,6 +179,9 @@ def install_warm_pool(warm: bool) -> None:
         _warm_pool = WarmPool(size=1, refill=True, relabel=(RUN_ID_LABEL, new_run_id))
         atexit.register(_warm_pool.close)
     install(_warm_pool)
+    # The finished job's container is removed while the next job starts; the worker
+    # joins the removals before it exits (sandbox/lifecycle.py).
+    remove_in_background(warm)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -203,7 +207,8 @@ def init_pool_worker(parent_pid: int, warm: bool = False) -> None:
 
     ``warm``: while a job runs, the worker creates and starts the next job's sandbox
     (same image, limits and mounts as this one's, labelled with the run id the next
-    job's session will claim), so the next open only copies the workspace (issue 17).
+    job's session will claim), so the next open only copies the workspace, and a
+    finished job's container is removed while the next one runs (issue 17).
     """
     install_warm_pool(warm)
     signal.signal(signal.SIGTERM, _on_sigterm)
