@@ -51,12 +51,12 @@ def _timed(cmd: list[str], cpu: list[float]) -> Callable[[], None]:
 
     def run() -> None:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cmd} exited {proc.returncode}")
+            raise RuntimeError(f"{cmd} exited {proc.returncode} (run it to see why)")
         cpu.append(usage.ru_utime + usage.ru_stime)
 
     return run
