@@ -52,10 +52,12 @@ def test_no_head_start_without_a_local_docker_target(tmp_path: Path) -> None:
     from sandbox.pool import installed
 
     before = installed()
+    repo = make_repo(tmp_path / "repo")
     for target, backend, llm in [
         ("https://example.invalid/repo.git", "docker", None),
-        (str(tmp_path), "local", None),
-        (str(tmp_path), "docker", str(tmp_path)),  # a local model dir: one more mount
+        (str(repo), "local", None),
+        (str(repo), "docker", str(tmp_path)),  # a local model dir: one more mount
+        (str(tmp_path), "docker", None),  # no pipeline.yml: setup fails first
     ]:
         run_id = prestart(target, backend=backend, image=None, llm=llm)
         assert run_id and installed() is before

@@ -40,12 +40,13 @@ def prestart(target: str, *, backend: str, image: str | None, llm: str | None) -
     """Reserve the run's id and, when the target is a local repo, start its sandbox now.
 
     Returns the run id for ``setup(run_id=)``. Starts nothing for the local backend, a
-    remote target (it is fetched first) or a local model directory (one more mount).
+    remote target (it is fetched first), a repo without ``pipeline.yml`` (setup fails, or
+    the agent writes one first) or a local model directory (one more mount).
     """
     run_id = new_run_id()
     repo = Path(target).expanduser()
     model_dir = bool(llm) and Path(str(llm)).expanduser().is_dir()
-    if backend != "docker" or not repo.is_dir() or model_dir:
+    if backend != "docker" or not (repo / "pipeline.yml").is_file() or model_dir:
         return run_id
     # The docker SDK is imported here, before the thread starts: the thread then does
     # engine calls only, while this one imports the rest (never the same module twice).
