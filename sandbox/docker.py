@@ -89,6 +89,7 @@ class DockerSandbox:
         self.sandbox_id = uuid.uuid4().hex[:12]
         self.prepared = prepare
         """Created ahead by a warm pool (recorded in ``describe()``)."""
+        self._adopted = False
         self._client = get_client()
         self._closed = False
         self._container: Any = None
@@ -123,14 +124,17 @@ class DockerSandbox:
             SandboxError: ``spec`` would create a different container (``create_key``),
                 or the copy or the engine failed (the sandbox is then closed).
         """
-        if create_key(spec) != create_key(self.spec) or not self.prepared:
+        if not self.prepared or self._adopted or self._volume_path is None:
+            raise SandboxError("only a prepared sandbox is adopted, and only once")
+        if create_key(spec) != create_key(self.spec):
             raise SandboxError("a prepared sandbox only serves a spec with its own create key")
+        self._check_open()
+        self._adopted = True
         self.spec = spec
         try:
             if spec.workspace_src is not None:
                 if not spec.workspace_src.is_dir():
                     raise SandboxError(f"workspace source {spec.workspace_src} is not a directory")
-                assert self._volume_path is not None
                 copy_tree(spec.workspace_src, self._volume_path, spec.exclude)
             self._finish_open()
         except BaseException:

@@ -74,3 +74,25 @@ def test_wait_for_removals_joins_in_process(default_image: str) -> None:
     sb.close(wait=False)  # type: ignore[call-arg]
     assert wait_for_removals(timeout=60)
     assert find_sandbox_containers(sid) == []
+
+
+def test_an_in_process_cli_run_leaves_close_synchronous_again(
+    default_image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tests and scripts call the CLI in-process: its modes must end with the command."""
+    import json
+
+    from runner.cli.main import main
+    from sandbox.engine import get_client
+    from sandbox.lifecycle import removing_in_background
+    from sandbox.pool import installed
+    from tests.contract_repos import make_repo
+
+    repo = make_repo(tmp_path / "repo")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(repo), "--llm", "m", "--json", "-q"])
+    assert exit_info.value.code == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    label = {"label": f"fsm-runner.run-id={run_id}"}
+    assert get_client().containers.list(all=True, filters=label, ignore_removed=True) == []
+    assert removing_in_background() is False and installed() is None

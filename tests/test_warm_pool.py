@@ -22,6 +22,7 @@ import pytest
 from sandbox import Limits, SandboxSpec, open_sandbox
 from sandbox.docker import DockerSandbox, find_sandbox_containers
 from sandbox.engine import LABEL_CREATOR_PID, LABEL_SANDBOX, get_client
+from sandbox.errors import SandboxError
 from sandbox.pool import WarmPool, install
 
 pytestmark = pytest.mark.docker
@@ -129,6 +130,8 @@ def test_a_pooled_sandbox_is_handed_out_once_and_removed_by_its_close(
         assert second.sandbox_id != first_id
         assert second.container_id != first.container_id
         assert second.exec("test ! -e marker").ok, "a pooled workspace must start clean"
+        with pytest.raises(SandboxError, match="only once"):
+            second.adopt(spec)  # an adopted sandbox never serves a second spec
     finally:
         second.close()
     assert pool.hits == 2

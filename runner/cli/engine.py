@@ -29,6 +29,7 @@ __all__ = [
     "default_image_tag",
     "engine_info",
     "ensure_image",
+    "finish_sandboxes",
     "gc",
     "image_exists",
     "prune_base_images",
@@ -41,11 +42,33 @@ __all__ = [
 def remove_sandboxes_in_background() -> None:
     """Sandboxes closed from now on are removed while the command finishes (issue 17).
 
-    The removals are joined before the process exits (non-daemon threads).
+    ``finish_sandboxes()`` joins the removals when the command ends.
     """
     from sandbox.lifecycle import remove_in_background
 
     remove_in_background()
+
+
+def finish_sandboxes() -> None:
+    """End of a command: remove a head start nobody took, join the background removals.
+
+    Also turns background removal off again, so a caller that runs commands in-process
+    (tests, scripts) gets ``close()`` that waits once the command is over.
+    """
+    import sys
+
+    if "sandbox.lifecycle" not in sys.modules:  # nothing was started: --help stays light
+        return
+    from sandbox.lifecycle import remove_in_background, wait_for_removals
+
+    if "sandbox.pool" in sys.modules:
+        from sandbox.pool import install
+
+        unused = install(None)
+        if unused is not None:
+            unused.close(wait=False)
+    wait_for_removals()
+    remove_in_background(False)
 
 
 def ensure_image(image: str | None, progress: Callable[[str], None] | None) -> str:

@@ -181,7 +181,7 @@ def run(
     """setup + rollout + evaluate; exit code 0 only when the evaluation is ok."""
     import runner_env
 
-    engine.remove_sandboxes_in_background()  # overlaps the report; joined before exit
+    engine.remove_sandboxes_in_background()  # overlaps the report; joined in main()
     # The container starts while the runner loads (runner/session/prestart.py).
     run_id = prestart(target, backend=sandbox, image=image, llm=llm)
 
@@ -377,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except typer.Abort:
         err.print("fsm-runner: aborted", markup=False)
         sys.exit(1)
+    finally:
+        engine.finish_sandboxes()  # the one place background removals are joined
     sys.exit(code if isinstance(code, int) else 0)
 
 
