@@ -56,7 +56,8 @@ def _env() -> dict[str, str]:
 def _export(ref: str, dest: Path) -> Path:
     """The runner at git ``ref``, exported to ``dest`` (run with it first on PYTHONPATH)."""
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", ref, "runner", "sandbox", "runner_env.py"],
+        # images/: the default image's tag is a hash of its files (sandbox/image_files).
+        ["git", "-C", str(ROOT), "archive", ref, "runner", "sandbox", "runner_env.py", "images"],
         capture_output=True,
         check=True,
     ).stdout
@@ -168,7 +169,17 @@ def measure(n: int, *, before: str | None, warmup: int = 1) -> dict[str, Any]:
             main = (
                 "import sys; from runner.cli.main import main; sys.argv[0] = 'fsm-runner'; main()"
             )
-            sides.append(Side("before", base, [py, "-c", main, "run", "--json"], old_env))
+            # -P: no current directory first on sys.path (it would import this tree).
+            where = subprocess.run(
+                [py, "-P", "-c", "import runner; print(runner.__file__)"],
+                env=old_env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            if not where.startswith(str(old)):
+                raise RuntimeError(f"--before would not run {before}: runner from {where}")
+            sides.append(Side("before", base, [py, "-P", "-c", main, "run", "--json"], old_env))
         for round_no in range(warmup + n):
             shift = round_no % len(sides)
             for side in sides[shift:] + sides[:shift]:
