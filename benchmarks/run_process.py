@@ -53,7 +53,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _export(ref: str, dest: Path) -> Path:
+def export_ref(ref: str, dest: Path) -> Path:
     """The runner at git ``ref``, exported to ``dest`` (run with it first on PYTHONPATH)."""
     archive = subprocess.run(
         # images/: the default image's tag is a hash of its files (sandbox/image_files).
@@ -164,7 +164,7 @@ def measure(n: int, *, before: str | None, warmup: int = 1) -> dict[str, Any]:
             Side("predecessor", base, [py, str(DRIVER)], env),
         ]
         if before:
-            old = _export(before, base / "before-src")
+            old = export_ref(before, base / "before-src")
             old_env = {**env, "PYTHONPATH": str(old)}
             main = (
                 "import sys; from runner.cli.main import main; sys.argv[0] = 'fsm-runner'; main()"

@@ -1,6 +1,7 @@
 """How long the command and the library take to load: ``fsm-runner --help`` and ``import runner_env``.
 
-Run: ``python -m benchmarks.startup`` (part of ``make bench``); ``--quick`` for n=5.
+Run: ``python -m benchmarks.startup`` (part of ``make bench``); ``--quick`` for n=5;
+``--before REF`` also times both commands from git ``REF`` (exported, run with ``-P``).
 
 Each side is a fresh interpreter (``subprocess``), so the figure is what a user waits
 for, start-up included. Sides, interleaved round by round (``run_interleaved``):
@@ -28,12 +29,14 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Comparison, Stats, print_comparisons, run_interleaved, save_result
+from benchmarks.run_process import export_ref
 
 NAME = "startup"
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +49,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _timed(cmd: list[str], cpu: list[float]) -> Callable[[], None]:
-    env = _child_env()
-
+def _timed(cmd: list[str], cpu: list[float], env: dict[str, str]) -> Callable[[], None]:
     def run() -> None:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -62,7 +63,9 @@ def _timed(cmd: list[str], cpu: list[float]) -> Callable[[], None]:
     return run
 
 
-def measure(n: int, warmup: int = 2) -> tuple[list[Comparison], dict[str, Any]]:
+def measure(
+    n: int, warmup: int = 2, *, before: Path | None = None
+) -> tuple[list[Comparison], dict[str, Any]]:
     py = sys.executable
     fsm = str(Path(py).parent / "fsm-runner")
     commands = {
@@ -71,8 +74,15 @@ def measure(n: int, warmup: int = 2) -> tuple[list[Comparison], dict[str, Any]]:
         "eager": [py, "-c", "import runner_env; runner_env.setup; runner_env.run_many"],
         "python": [py, "-c", "pass"],
     }
+    envs = {name: _child_env() for name in commands}
+    if before is not None:  # the same two commands from an exported git ref
+        main = "import sys; from runner.cli.main import main; sys.argv[0] = 'fsm-runner'; main()"
+        commands["help_before"] = [py, "-P", "-c", main, "--help"]
+        commands["import_before"] = [py, "-P", "-c", "import runner_env"]
+        for name in ("help_before", "import_before"):
+            envs[name] = {**_child_env(), "PYTHONPATH": str(before)}
     cpu: dict[str, list[float]] = {name: [] for name in commands}
-    sides = {name: _timed(cmd, cpu[name]) for name, cmd in commands.items()}
+    sides = {name: _timed(cmd, cpu[name], envs[name]) for name, cmd in commands.items()}
     timings = run_interleaved(sides, n, warmup=warmup)
     stats = {name: Stats(tuple(t)) for name, t in timings.items()}
     cpu_ms = {
@@ -116,6 +126,19 @@ def measure(n: int, warmup: int = 2) -> tuple[list[Comparison], dict[str, Any]]:
             ),
         ),
     ]
+    if before is not None:
+        for name, label in (("help", "fsm-runner --help"), ("import", "import runner_env")):
+            comparisons.append(
+                Comparison(
+                    name=f"{name}_vs_before",
+                    ours_label=f"{label} (this tree)",
+                    baseline_label=f"{label} from the --before ref",
+                    ours=stats[name],
+                    baseline=stats[f"{name}_before"],
+                    target=1.0,
+                    notes=(f"CPU {cpu_ms[name]} ms vs {cpu_ms[f'{name}_before']} ms",),
+                )
+            )
     return comparisons, {"absolute": absolute, "cpu_median_ms": cpu_ms}
 
 
@@ -123,10 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.startup")
     parser.add_argument("--quick", action="store_true", help="n=5")
     parser.add_argument("-n", "--runs", type=int, default=None)
+    parser.add_argument("--before", metavar="REF", help="also time this git ref's commands")
     args = parser.parse_args(argv)
     n = args.runs or (5 if args.quick else 20)
     started = time.time()
-    comparisons, extra = measure(n)
+    with tempfile.TemporaryDirectory(prefix="fsm-bench-startup-") as tmp:
+        before = export_ref(args.before, Path(tmp) / "src") if args.before else None
+        comparisons, extra = measure(n, before=before)
     from benchmarks.common import machine_facts
 
     path = save_result(

@@ -14,7 +14,8 @@ The tree: 5,000 files in 121 nested folders, sizes log-uniform between 64 B and 
 
 Each round creates and starts one container per side (outside the timing), times the
 copy alone, then removes the container (outside the timing); sides alternate and the
-order flips every round. Target (issue 17): ours / ``docker cp`` <= 1.0. The page
+order flips every round; ``sync`` runs before each timed copy, so no side pays for the
+writeback of another's files. Target (issue 17): ours / ``docker cp`` <= 1.0. The page
 cache holds the source tree after the warm-up round, for every side alike.
 """
 
@@ -141,6 +142,9 @@ def measure(n: int, warmup: int = 1) -> tuple[list[Comparison], dict[str, Any]]:
             for name in names[shift:] + names[:shift]:
                 ct, volume = boxes.fresh()
                 try:
+                    # Dirty pages of the previous side (or of anyone else) are written
+                    # back first, so no side pays for another's writeback.
+                    os.sync()
                     started = time.perf_counter()
                     sides[name](ct, volume)
                     elapsed = time.perf_counter() - started
