@@ -42,6 +42,10 @@ lint: venv
 	$(BIN)/mypy
 
 bench: setup
+	$(BIN)/python -m benchmarks.startup
+	$(BIN)/python -m benchmarks.run_process
+	$(BIN)/python -m benchmarks.workspace_copy
+	$(BIN)/python -m benchmarks.warm_pool
 	$(BIN)/python -m benchmarks.sandbox_overhead
 	$(BIN)/python -m benchmarks.session_trivial
 	$(BIN)/python -m benchmarks.bootstrap_cache

@@ -16,8 +16,10 @@ from .errors import EngineUnavailable, ImageBuildError, SandboxClosed, SandboxEr
 
 def _docker(spec: SandboxSpec, progress: Any) -> Sandbox:
     from .docker import DockerSandbox
+    from .pool import take_prepared
 
-    return DockerSandbox(spec, progress=progress)
+    # A warm pool's sandbox, made ahead for this very spec (pool.py), else a fresh one.
+    return take_prepared(spec) or DockerSandbox(spec, progress=progress)
 
 
 def _local(spec: SandboxSpec, progress: Any) -> Sandbox:

@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import posixpath
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -78,36 +77,6 @@ def pack_dir(
                 # sockets, fifos, devices in a repo are skipped: nothing to copy.
     spool.seek(0)
     return spool
-
-
-def copy_tree(src: Path, dest: Path, exclude: Iterable[str] = ()) -> None:
-    """Copy ``src`` into the existing folder ``dest``: links kept as links, specials skipped.
-
-    Used to fill a sandbox's workspace volume from the host: same selection as ``pack_dir``.
-    """
-    exclude = tuple(exclude)
-    for root, dirs, files in os.walk(src):
-        rel_root = os.path.relpath(root, src)
-        rel_root = "" if rel_root == "." else rel_root
-        dirs[:] = [
-            d for d in dirs if not _excluded(posixpath.join(rel_root, d).lstrip("/"), exclude)
-        ]
-        target_root = dest / rel_root if rel_root else dest
-        for name in dirs:
-            full = os.path.join(root, name)
-            if os.path.islink(full):
-                os.symlink(os.readlink(full), target_root / name)
-            else:
-                (target_root / name).mkdir(exist_ok=True)
-        for name in files:
-            rel = posixpath.join(rel_root, name) if rel_root else name
-            if _excluded(rel, exclude):
-                continue
-            full = os.path.join(root, name)
-            if os.path.islink(full):
-                os.symlink(os.readlink(full), target_root / name)
-            elif os.path.isfile(full):
-                shutil.copy2(full, target_root / name, follow_symlinks=False)
 
 
 def selected_files(src: Path, exclude: Iterable[str] = ()) -> Iterator[str]:

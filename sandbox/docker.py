@@ -14,7 +14,6 @@ import contextlib
 import os
 import selectors
 import struct
-import threading
 import time
 import uuid
 import weakref
@@ -28,7 +27,7 @@ import docker.errors
 from docker.types import Mount, Ulimit
 
 from . import disk, firewall, procs
-from .archive import copy_tree, pack_dir
+from .archive import pack_dir
 from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
 from .container_files import ContainerFiles
 from .copyout import CopyLimits
@@ -36,8 +35,19 @@ from .dns import resolv_conf_file
 from .engine import LABEL_SANDBOX, creator_labels, engine_errors, get_client
 from .errors import SandboxClosed, SandboxError
 from .images import cache_dir, ensure_image
+from .lifecycle import (
+    Background,
+    can_fill_volumes,
+    can_prepare,
+    create_key,
+    engine_is_local,
+    removing_in_background,
+    start_removal,
+    wait_for_removals,
+)
 from .network import NetworkSwitch
 from .output import OutputCallback, OutputSink
+from .volume_fill import copy_tree
 
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CA_ENV = (
@@ -60,7 +70,8 @@ _open_sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
 
 def _close_leftovers() -> None:
     for sandbox in list(_open_sandboxes):
-        sandbox.close()
+        sandbox.close(wait=True)
+    wait_for_removals()
 
 
 atexit.register(_close_leftovers)
@@ -69,10 +80,19 @@ atexit.register(_close_leftovers)
 class DockerSandbox:
     """A disposable hardened container. Open with ``open_sandbox(spec)``."""
 
-    def __init__(self, spec: SandboxSpec, *, progress: Any = None) -> None:
+    def __init__(self, spec: SandboxSpec, *, progress: Any = None, prepare: bool = False) -> None:
+        """Open a sandbox for ``spec``.
+
+        ``prepare=True`` (the warm pool, ``pool.py``): only create and start the container
+        with an empty workspace volume; ``adopt()`` later gives it its workspace and
+        network. The container is created by the same ``_create`` either way.
+        """
         self.spec = spec
         self.workspace = spec.workspace
         self.sandbox_id = uuid.uuid4().hex[:12]
+        self.prepared = prepare
+        """Created ahead by a warm pool (recorded in ``describe()``)."""
+        self._adopted = False
         self._client = get_client()
         self._closed = False
         self._container: Any = None
@@ -87,62 +107,102 @@ class DockerSandbox:
         if copy_src is not None and not copy_src.is_dir():
             raise SandboxError(f"workspace source {copy_src} is not a directory")
         try:
-            # Fast path: the workspace is an anonymous volume of this container, filled by a
-            # plain host copy into its mountpoint (under the engine's root-only data dir)
-            # before start. Otherwise (not root, remote engine) the tar is packed while the
-            # engine creates the container and copied in through the archive API.
-            in_volume = copy_src is not None and not spec.workspace_in_image
-            via_volume = in_volume and _can_fill_volumes()
-            packer = None
-            if copy_src is not None and not via_volume:
-                name = PurePosixPath(self.workspace).name
-                packer = _Background(lambda: pack_dir(copy_src, name, self.spec.exclude))
-            # A copied workspace is a volume (filled either way): it is then never part of
-            # the container's root filesystem, so a snapshot (``docker commit``) never
-            # bakes one run's checkout into an image. Over a snapshot's own workspace
-            # files it is the container's filesystem, so those need no copy.
-            self._container = self._create(labels, workspace_volume=in_volume)
-            _open_sandboxes.add(self)
-            if via_volume and copy_src is not None:
-                # The volume is mounted at start, so the host copy can overlap the start:
-                # no exec can run before both are done.
-                starter = _Background(self._container.start)
-                self._volume_path = self._volume_source()
-                copy_tree(copy_src, self._volume_path, self.spec.exclude)
-                with engine_errors("start container"):
-                    starter.result()
-            else:
-                if packer is not None:
-                    with packer.result() as archive, engine_errors("copy workspace in"):
-                        parent = str(PurePosixPath(self.workspace).parent)
-                        self._container.put_archive(parent, archive)
+            if prepare:
+                if not can_prepare(spec):
+                    raise SandboxError("only a copied workspace in a fillable volume is prepared")
+                self._container = self._create(labels, workspace_volume=True)
+                _open_sandboxes.add(self)
                 with engine_errors("start container"):
                     self._container.start()
-            self._files = ContainerFiles(self._container, self.workspace, self._volume_path)
-            with engine_errors("inspect container"):
-                self._container.reload()
-            self._init_pid = int(self._container.attrs["State"]["Pid"])
-            self._procs_file = procs.host_cgroup_procs(self._init_pid)
-            self._host_kill = procs.host_can_inspect(self._procs_file)
-            self._oom_file = procs.host_memory_oom_file(self._init_pid)
-            self._oom_baseline: int | None = procs.read_oom_kills(self._oom_file)
-            # Issue 15 item 4: the disk budget, measured from the host (or refused here).
-            self._disk = disk.install(
-                spec.limits.disk,
-                self._container.attrs,
-                self._volume_path or disk.volume_mountpoint(self._container.attrs, self.workspace),
-                self._procs_file if self._host_kill else None,
-                self._init_pid,
-            )
-            self._net = NetworkSwitch(
-                self._client, self._container, self.sandbox_id, spec.llm_endpoint
-            )
-            self._net.prepare_llm()
-            if spec.network != NetworkPolicy.NONE:
-                self._net.apply(spec.network)
+                self._volume_path = self._volume_source()
+                return
+            self._open(labels, copy_src)
+            self._finish_open()
         except BaseException:
-            self.close()
+            self.close(wait=True)
             raise
+
+    def adopt(self, spec: SandboxSpec) -> None:
+        """Finish opening a prepared sandbox for ``spec``: copy the workspace, set the network.
+
+        Raises:
+            SandboxError: ``spec`` would create a different container (``create_key``),
+                or the copy or the engine failed (the sandbox is then closed).
+        """
+        if not self.prepared or self._adopted or self._volume_path is None:
+            raise SandboxError("only a prepared sandbox is adopted, and only once")
+        if create_key(spec) != create_key(self.spec):
+            raise SandboxError("a prepared sandbox only serves a spec with its own create key")
+        self._check_open()
+        self._adopted = True
+        self.spec = spec
+        try:
+            if spec.workspace_src is not None:
+                if not spec.workspace_src.is_dir():
+                    raise SandboxError(f"workspace source {spec.workspace_src} is not a directory")
+                copy_tree(spec.workspace_src, self._volume_path, spec.exclude)
+            self._finish_open()
+        except BaseException:
+            self.close(wait=True)
+            raise
+
+    def _open(self, labels: dict[str, str], copy_src: Path | None) -> None:
+        spec = self.spec
+        # Fast path: the workspace is an anonymous volume of this container, filled by a
+        # plain host copy into its mountpoint (under the engine's root-only data dir)
+        # before start. Otherwise (not root, remote engine) the tar is packed while the
+        # engine creates the container and copied in through the archive API.
+        in_volume = copy_src is not None and not spec.workspace_in_image
+        via_volume = in_volume and can_fill_volumes()
+        packer = None
+        if copy_src is not None and not via_volume:
+            name = PurePosixPath(self.workspace).name
+            packer = Background(lambda: pack_dir(copy_src, name, self.spec.exclude))
+        # A copied workspace is a volume (filled either way): it is then never part of
+        # the container's root filesystem, so a snapshot (``docker commit``) never
+        # bakes one run's checkout into an image. Over a snapshot's own workspace
+        # files it is the container's filesystem, so those need no copy.
+        self._container = self._create(labels, workspace_volume=in_volume)
+        _open_sandboxes.add(self)
+        if via_volume and copy_src is not None:
+            # The volume is mounted at start, so the host copy can overlap the start:
+            # no exec can run before both are done.
+            starter = Background(self._container.start)
+            self._volume_path = self._volume_source()
+            copy_tree(copy_src, self._volume_path, self.spec.exclude)
+            with engine_errors("start container"):
+                starter.result()
+        else:
+            if packer is not None:
+                with packer.result() as archive, engine_errors("copy workspace in"):
+                    parent = str(PurePosixPath(self.workspace).parent)
+                    self._container.put_archive(parent, archive)
+            with engine_errors("start container"):
+                self._container.start()
+
+    def _finish_open(self) -> None:
+        """What a started container needs before the first exec: pids, OOM counter, network."""
+        spec = self.spec
+        self._files = ContainerFiles(self._container, self.workspace, self._volume_path)
+        with engine_errors("inspect container"):
+            self._container.reload()
+        self._init_pid = int(self._container.attrs["State"]["Pid"])
+        self._procs_file = procs.host_cgroup_procs(self._init_pid)
+        self._host_kill = procs.host_can_inspect(self._procs_file)
+        self._oom_file = procs.host_memory_oom_file(self._init_pid)
+        self._oom_baseline: int | None = procs.read_oom_kills(self._oom_file)
+        # Issue 15 item 4: the disk budget, measured from the host (or refused here).
+        self._disk = disk.install(
+            spec.limits.disk,
+            self._container.attrs,
+            self._volume_path or disk.volume_mountpoint(self._container.attrs, self.workspace),
+            self._procs_file if self._host_kill else None,
+            self._init_pid,
+        )
+        self._net = NetworkSwitch(self._client, self._container, self.sandbox_id, spec.llm_endpoint)
+        self._net.prepare_llm()
+        if spec.network != NetworkPolicy.NONE:
+            self._net.apply(spec.network)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -172,7 +232,7 @@ class DockerSandbox:
             # Mounted over the image's own bundle: pip, git, curl and urllib then all trust
             # the host's (TLS-intercepting) proxy CA without per-tool settings.
             mounts.append(Mount(HOST_CA_BUNDLE, HOST_CA_BUNDLE, type="bind", read_only=True))
-        if _engine_is_local():
+        if engine_is_local():
             # The same resolv.conf in every network and on every path (issue 16.4, dns.py).
             conf = str(resolv_conf_file(cache_dir()))
             mounts.append(Mount("/etc/resolv.conf", conf, type="bind", read_only=True))
@@ -209,18 +269,32 @@ class DockerSandbox:
                 stop_signal="SIGKILL",
             )
 
-    def close(self) -> None:
+    def close(self, *, wait: bool | None = None) -> None:
         """Remove the container and its own networks. Idempotent; never raises.
 
-        A close cut short (a stop signal landing in it) is finished by the next call: every
-        step is safe to repeat, and only the last one marks the sandbox cleaned up.
+        ``wait=False`` (or ``remove_in_background()`` in effect and ``wait`` not given):
+        the removal runs in a non-daemon thread, joined before the process exits. A close
+        cut short (a stop signal landing in it) is finished by the next call: every step
+        of the removal is safe to repeat, and only its last one marks the sandbox cleaned.
         """
-        if getattr(self, "_cleaned", False):
+        if getattr(self, "_cleaned", False) or getattr(self, "_removing", False):
             return
         self._closed = True
         watch = getattr(self, "_disk", None)
         if watch is not None:
             watch.stop()
+        if wait is False or (wait is None and removing_in_background()):
+            self._removing = True
+            start_removal(f"fsm-remove-{self.sandbox_id}", self._remove_quietly)
+            return
+        self._remove()
+
+    def _remove_quietly(self) -> None:
+        # In a thread: an engine gone mid-removal leaves it to the reaper, no traceback.
+        with contextlib.suppress(Exception):
+            self._remove()
+
+    def _remove(self) -> None:
         net = getattr(self, "_net", None)
         # Already gone, or the reaper removes it by label: close never raises. Without a
         # handle (create timed out or was interrupted after the engine made it), by name.
@@ -304,6 +378,7 @@ class DockerSandbox:
             "capabilities": CAPS,
             "security_opt": ["no-new-privileges"],
             "init": True,
+            "prepared": self.prepared,
         }
 
     # -- operations ----------------------------------------------------------------
@@ -483,29 +558,6 @@ class DockerSandbox:
         return self._files.pull(full, Path(host_path), limits)
 
 
-class _Background:
-    """Run ``fn`` in a thread now; ``result()`` joins and re-raises its exception."""
-
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as exc:  # re-raised in the caller's thread by result()
-            self._error = exc
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def _disk_line(watch: disk.DiskWatch) -> str:
     return f"fsm-runner: {watch.message()}; the sandbox's processes were killed\n"
 
@@ -519,19 +571,6 @@ def _disk_refused(watch: disk.DiskWatch) -> ExecResult:
         duration_s=0.0,
         disk_exceeded=True,
     )
-
-
-def _engine_is_local() -> bool:
-    """Bind mounts name host paths: only an engine on this host can mount ours."""
-    host = os.environ.get("DOCKER_HOST", "")
-    return not host or host.startswith("unix://")
-
-
-def _can_fill_volumes() -> bool:
-    """True when volume mountpoints are on this host and writable by us (root, local engine)."""
-    if os.environ.get("FSM_RUNNER_WORKSPACE_COPY") == "archive":  # force the portable path
-        return False
-    return os.geteuid() == 0 and _engine_is_local()
 
 
 def _recv(sock: Any, n: int) -> bytes:
@@ -555,7 +594,8 @@ def find_sandbox_containers(sandbox_id: str) -> list[Any]:
     """Containers labelled with ``sandbox_id`` (tests and the reaper use this)."""
     with engine_errors("list containers"):
         return list(
+            # ignore_removed: one being removed (a background close) may vanish mid-listing.
             get_client().containers.list(
-                all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"}
+                all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"}, ignore_removed=True
             )
         )

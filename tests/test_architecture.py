@@ -8,7 +8,12 @@ functions and under ``TYPE_CHECKING``: a lazy import is still a dependency.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,3 +144,53 @@ def test_only_the_cli_knows_typer_and_rich() -> None:
             if any(n.split(".")[0] in ("typer", "rich") for n in names):
                 knowing.append(str(path.relative_to(ROOT)))
     assert knowing == []
+
+
+# -- what importing costs (issue 17): heavy packages load only when a command needs them --
+
+
+def _loaded_after(code: str) -> set[str]:
+    """Top-level and our own module names loaded by ``code`` in a fresh interpreter."""
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _heavy(loaded: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in loaded if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def test_importing_runner_env_loads_no_engine_cli_or_batch() -> None:
+    loaded = _loaded_after("import runner_env")
+    assert _heavy(loaded, ("dask", "docker", "typer", "rich", "runner.batch")) == []
+    # The control: touching a lazy name does import it, so the check above can fail.
+    touched = _loaded_after("import runner_env\nrunner_env.run_many")
+    assert "runner.batch" in touched
+
+
+def test_runner_env_names_resolve_and_are_listed() -> None:
+    import runner_env
+
+    for name in runner_env.__all__:
+        assert getattr(runner_env, name) is not None, name
+    assert set(runner_env.__all__) <= set(dir(runner_env))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = runner_env.nope  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import runner.cli.main",
+        # --help builds every command's options: still no engine, batch or hub.
+        "import sys\nfrom runner.cli.main import main\nsys.argv = ['fsm-runner', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass",
+    ],
+    ids=["import", "help"],
+)
+def test_the_cli_loads_no_engine_batch_or_hub_before_a_command_runs(code: str) -> None:
+    loaded = _loaded_after(code)
+    heavy = ("docker", "dask", "runner.batch", "huggingface_hub", "runner.api", "pydantic")
+    assert _heavy(loaded, heavy) == []

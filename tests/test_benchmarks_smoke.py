@@ -109,3 +109,62 @@ def test_samples_validation_quick_run_saves_json(
     assert growth["read_all"] > 30 * 1024 * 1024, growth
     # ... and ours does not grow with the file (no timing asserts: machines differ).
     assert growth["ours"] < samples_validation.TARGET_RSS_GROWTH, growth
+
+
+# -- issue 17 benchmarks -------------------------------------------------------------
+
+
+def test_predecessor_driver_runs_the_tiny_contract_on_the_host(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from benchmarks import predecessor_driver, run_process
+
+    repo = tmp_path / "repo"
+    shutil.copytree(run_process.EXAMPLE, repo)
+    proc = subprocess.run(
+        [sys.executable, predecessor_driver.__file__, str(repo)],
+        capture_output=True,
+        text=True,
+        env=run_process._env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"ok": True, "score": 0.5}
+    (run,) = (repo / ".aider_fsm" / "artifacts").iterdir()
+    env_api = run / "env_api"
+    # Bootstrap before every pass, as the predecessor did; teardown at the end.
+    assert sorted(
+        p.parent.parent.name for p in env_api.glob("*/bootstrap/bootstrap_summary.json")
+    ) == [
+        "deploy_attempt_01",
+        "evaluation_attempt_01",
+        "rollout_attempt_01",
+    ]
+    assert (env_api / "final_teardown" / "deploy_teardown").is_dir()
+
+
+def test_startup_measures_each_side() -> None:
+    from benchmarks import startup
+
+    comps, extra = startup.measure(1, warmup=0)
+    assert [c.name for c in comps] == ["import_runner_env", "fsm_runner_help"]
+    for comp in comps:
+        assert comp.ours.median > 0 and comp.baseline.median > 0
+    assert set(extra["absolute"]) == {"help", "import"}
+    assert all(v > 0 for v in extra["cpu_median_ms"].values())
+
+
+def test_workspace_copy_tree_and_the_old_copy_agree(tmp_path: Path) -> None:
+    from benchmarks import workspace_copy
+    from sandbox.volume_fill import copy_tree
+
+    tree = workspace_copy.make_tree(tmp_path / "tree", n_files=300)
+    files = sorted(p.relative_to(tree) for p in tree.rglob("*") if p.is_file())
+    assert len(files) == 300 and len({p.parent for p in files}) > 20
+    for name, copy in (("new", copy_tree), ("old", workspace_copy.legacy_copy_tree)):
+        dest = tmp_path / name
+        dest.mkdir()
+        copy(tree, dest)
+        assert sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file()) == files
+        assert all((dest / f).read_bytes() == (tree / f).read_bytes() for f in files)

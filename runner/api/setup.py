@@ -59,6 +59,7 @@ def setup(
     keep: bool = False,
     follow: bool = False,
     progress: Callable[[str], None] | None = None,
+    run_id: str | None = None,
     **opencode: Any,
 ) -> EnvSession:
     """Open ``target`` (local path, git URL[@ref], ``owner/repo``, or HF dataset) as an environment.
@@ -91,6 +92,9 @@ def setup(
         follow: ``progress`` gets every line a running command prints, not only its
             latest line once a second (``fsm-runner run --follow``).
         progress: called with one line per step (the CLI shows these).
+        run_id: the run id to claim, reserved earlier with ``new_run_id()`` (the CLI and
+            batch workers do, to start the run's container before the session exists);
+            default a fresh one.
         **opencode: the predecessor's ``opencode_*`` / ``strict_opencode`` / ``*_bash`` options,
             accepted for compatibility and recorded; the agent arrives with scaffold/repair.
 
@@ -143,7 +147,7 @@ def setup(
                 "or pass opencode_model= to let the OpenCode agent scaffold it",
                 file=pipeline_path,
             )
-        run_dir = RunDir.create(repo.path, base=base)
+        run_dir = RunDir.create(repo.path, base=base, run_id=run_id)
         _scaffold(
             repo.path,
             model=model,
@@ -163,7 +167,7 @@ def setup(
     pipeline = load_pipeline(pipeline_path)
     bootstrap = load_bootstrap(repo.path / ".aider_fsm" / "bootstrap.yml")
     actions = load_actions(repo.path / ".aider_fsm" / "actions.yml")
-    run_dir = run_dir or RunDir.create(repo.path, base=base)
+    run_dir = run_dir or RunDir.create(repo.path, base=base, run_id=run_id)
     options = SessionOptions(
         backend=sandbox,
         image=image,

@@ -50,9 +50,10 @@ class LocalPool:
 
     name = "local"
 
-    def __init__(self, workers: int, retry: RetryPolicy) -> None:
+    def __init__(self, workers: int, retry: RetryPolicy, *, warm: bool = True) -> None:
         self._workers = max(1, workers)
         self._retry = retry
+        self._warm = warm
         self._pool = self._new_pool()
         self._checked = False
 
@@ -78,7 +79,7 @@ class LocalPool:
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_pool_worker,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), self._warm),
         )
 
     def slots(self) -> int:

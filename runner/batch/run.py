@@ -111,11 +111,16 @@ def _not_run(job: Job, index: int, reason: str) -> JobResult:
 
 
 def _backend(
-    scheduler: str | None, workers: int | None, capacity: Capacity, todo: int, retry: RetryPolicy
+    scheduler: str | None,
+    workers: int | None,
+    capacity: Capacity,
+    todo: int,
+    retry: RetryPolicy,
+    warm_pool: bool,
 ) -> Backend:
     if scheduler:
         return DaskBackend(scheduler, retry)
-    return LocalPool(max(1, min(capacity.admit(workers), todo)), retry)
+    return LocalPool(max(1, min(capacity.admit(workers), todo)), retry, warm=warm_pool)
 
 
 def run_batch(
@@ -129,6 +134,7 @@ def run_batch(
     retry: RetryPolicy | None = None,
     breaker_threshold: int = 3,
     max_pause_s: float = 600.0,
+    warm_pool: bool = True,
 ) -> BatchReport:
     """Run ``jobs``; see ``run_many``. Also returns the summary the CLI prints."""
     retry = retry or RetryPolicy()
@@ -145,7 +151,7 @@ def run_batch(
         else:
             todo.append((index, job))
     capacity = machine_capacity(job.options.limits() for job in resolved)
-    backend = _backend(scheduler, workers, capacity, len(todo), retry)
+    backend = _backend(scheduler, workers, capacity, len(todo), retry, warm_pool)
     # On a cluster each host enforces its own admission limit (host slots); this
     # machine's capacity says nothing about the workers' hosts.
     window = (workers or backend.slots()) if scheduler else capacity.admit(workers)
@@ -267,6 +273,7 @@ def run_many(
     results: str | Path | None = None,
     resume: bool = False,
     progress: Callable[[BatchProgress], None] | None = None,
+    warm_pool: bool = True,
 ) -> list[JobResult]:
     """Run many jobs at once; one ``JobResult`` per job, in order, never raising for one job.
 
@@ -279,6 +286,9 @@ def run_many(
         results: a JSONL file each result is appended to as its job ends.
         resume: skip jobs that already have a verdict (ok, failed, error) in ``results``.
         progress: called with a ``BatchProgress`` snapshot on every event.
+        warm_pool: each local worker creates and starts its next job's sandbox while the
+            current job runs, so that job's open only copies its workspace (docs/scale.md).
+            Ignored with ``scheduler``.
 
     Raises:
         ContractError: two jobs share an explicit id.
@@ -294,4 +304,5 @@ def run_many(
         results=results,
         resume=resume,
         progress=progress,
+        warm_pool=warm_pool,
     ).results

@@ -9,6 +9,7 @@ the target misbehaving, not the engine, so it is never retried either.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import signal
@@ -33,13 +34,19 @@ from runner.batch.admission import host_slot, machine_capacity
 from runner.batch.jobs import Job
 from runner.batch.results import JobResult
 from runner.errors import RunnerError
+from runner.runs.run_dir import new_run_id
 from runner.session.results import EvaluationResult, RolloutResult
 from sandbox.errors import SandboxError as SandboxLayerError
 from sandbox.errors import UnsafeArchive
+from sandbox.lifecycle import remove_in_background
+from sandbox.pool import WarmPool, install
 
 __all__ = ["RetryPolicy", "init_pool_worker", "is_infra_error", "run_job"]
 
 _PR_SET_PDEATHSIG = 1
+RUN_ID_LABEL = "fsm-runner.run-id"
+"""The label a session's sandbox carries its run id in (runner/session/sandbox_open.py)."""
+_warm_pool: WarmPool | None = None
 _orphaned = False
 """Set in a pool worker told to stop (parent-death SIGTERM, or the pool terminating it)."""
 _in_job = False
@@ -65,7 +72,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _run_once(job: Job) -> dict[str, Any]:
-    sess = setup(job.target, **job.options.setup_kwargs())
+    # The run id of the sandbox the warm pool made for this job (its container carries it).
+    run_id = _warm_pool.claim() if _warm_pool is not None else None
+    sess = setup(job.target, **job.options.setup_kwargs(), run_id=run_id)
     env = dict(job.env) or None
     with sess:
         roll = sess.rollout(
@@ -160,6 +169,21 @@ def run_job(job: Job, index: int, retry: RetryPolicy | None = None) -> JobResult
     )
 
 
+def install_warm_pool(warm: bool) -> None:
+    """One warm sandbox per worker process (jobs run one at a time in it), or none."""
+    global _warm_pool
+    if _warm_pool is not None:
+        _warm_pool.close(wait=False)
+        _warm_pool = None
+    if warm:
+        _warm_pool = WarmPool(size=1, refill=True, relabel=(RUN_ID_LABEL, new_run_id))
+        atexit.register(_warm_pool.close)
+    install(_warm_pool)
+    # The finished job's container is removed while the next job starts; the worker
+    # joins the removals before it exits (sandbox/lifecycle.py).
+    remove_in_background(warm)
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     global _orphaned
     if _orphaned:
@@ -168,17 +192,25 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         return
     _orphaned = True
     if not _in_job:
-        os._exit(128 + signum)  # idle: nothing to clean, and the pool's queue would block
+        if _warm_pool is not None:  # idle: only the warm sandbox to remove
+            _warm_pool.close()
+        os._exit(128 + signum)  # the pool's queue would block an orderly exit
     raise SystemExit(128 + signum)  # unwind so the session closes (removes) its container
 
 
-def init_pool_worker(parent_pid: int) -> None:
-    """Pool initializer: die with the batch process, cleanly.
+def init_pool_worker(parent_pid: int, warm: bool = False) -> None:
+    """Pool initializer: die with the batch process, cleanly; optionally keep a warm pool.
 
     A process-pool worker outlives a SIGKILLed parent and would keep its containers
     "alive" for ``gc()``; with ``PR_SET_PDEATHSIG`` the kernel sends it SIGTERM instead,
     which unwinds the job and closes its sandbox.
+
+    ``warm``: while a job runs, the worker creates and starts the next job's sandbox
+    (same image, limits and mounts as this one's, labelled with the run id the next
+    job's session will claim), so the next open only copies the workspace, and a
+    finished job's container is removed while the next one runs (issue 17).
     """
+    install_warm_pool(warm)
     signal.signal(signal.SIGTERM, _on_sigterm)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)

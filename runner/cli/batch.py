@@ -11,16 +11,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
 
-from runner.batch.run import BatchProgress, run_batch
 from runner.errors import RunnerError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from runner.batch.run import BatchProgress
 
 __all__ = ["batch_app"]
 
@@ -40,6 +42,8 @@ def _eta(seconds: float | None) -> str:
 
 
 def _table(p: BatchProgress) -> Table:
+    from rich.table import Table
+
     c = p.counts
     table = Table(title=f"fsm-runner batch ({p.executor}, {p.workers} at once)")
     for name in ("done", "running", "ok", "failed", "error", "infra", "jobs/min", "ETA", "engine"):
@@ -97,7 +101,11 @@ def batch(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run every job of a jobs file; results are appended to JSONL as each job ends."""
+    # Imported here, not at the top: `fsm-runner --help` must not load the batch runner.
+    from rich.live import Live
+
     from runner.batch.jobs import load_jobs
+    from runner.batch.run import run_batch
 
     try:
         spec, jobs, results_path = load_jobs(jobs_file)

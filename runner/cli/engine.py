@@ -36,6 +36,7 @@ __all__ = [
     "engine_info",
     "ensure_image",
     "exec_in_kept",
+    "finish_sandboxes",
     "firewall_status",
     "gc",
     "gc_summary",
@@ -43,8 +44,41 @@ __all__ = [
     "kept_sandboxes",
     "prune_base_images",
     "prune_snapshots",
+    "remove_sandboxes_in_background",
     "snapshots",
 ]
+
+
+def remove_sandboxes_in_background() -> None:
+    """Sandboxes closed from now on are removed while the command finishes (issue 17).
+
+    ``finish_sandboxes()`` joins the removals when the command ends.
+    """
+    from sandbox.lifecycle import remove_in_background
+
+    remove_in_background()
+
+
+def finish_sandboxes() -> None:
+    """End of a command: remove a head start nobody took, join the background removals.
+
+    Also turns background removal off again, so a caller that runs commands in-process
+    (tests, scripts) gets ``close()`` that waits once the command is over.
+    """
+    import sys
+
+    if "sandbox.lifecycle" not in sys.modules:  # nothing was started: --help stays light
+        return
+    from sandbox.lifecycle import remove_in_background, wait_for_removals
+
+    if "sandbox.pool" in sys.modules:
+        from sandbox.pool import install
+
+        unused = install(None)
+        if unused is not None:
+            unused.close(wait=False)
+    wait_for_removals()
+    remove_in_background(False)
 
 
 def ensure_image(image: str | None, progress: Callable[[str], None] | None) -> str:

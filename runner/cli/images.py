@@ -14,7 +14,9 @@ from runner.cli.progress import bare_table, view_style
 
 __all__ = ["images_app"]
 
-images_app = typer.Typer(no_args_is_help=True, help="The sandbox images (built offline).")
+images_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="The sandbox images (built offline)."
+)
 
 
 @images_app.command("build")

@@ -32,6 +32,7 @@ from runner.cli.replay import replay_app
 from runner.cli.starter import STARTER_FILES
 from runner.errors import ContractError, RunnerError
 from runner.runs.report import fmt_seconds, load_run, summary_json, write_report
+from runner.session.prestart import prestart
 
 if TYPE_CHECKING:
     from runner.session.machine import EnvSession
@@ -40,6 +41,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich help imports rich.markdown (markdown-it, pygments), about
+    # half of `fsm-runner --help`'s time; issue 17 wants the CLI up in <= 150 ms.
+    rich_markup_mode=None,
     help="Run a repository's evaluation contract inside disposable, hardened containers.",
 )
 app.add_typer(images_app, name="images")
@@ -233,6 +237,10 @@ def run(
     from runner.cli.options import limits_of
 
     stop = interrupts.active()
+    engine.remove_sandboxes_in_background()  # overlaps the report; joined in main()
+    # The container starts while the runner loads (runner/session/prestart.py).
+    run_id = prestart(target, backend=sandbox, image=image, llm=llm)
+
     style = "quiet" if quiet else ("plain" if follow else view_style(err))
     view = StageView(err, style)
     sess: EnvSession | None = None
@@ -242,6 +250,7 @@ def run(
     try:
         sess = runner_env.setup(
             target,
+            run_id=run_id,
             progress=view,
             sandbox=sandbox,
             image=image,
@@ -462,7 +471,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = app(args=argv, prog_name="fsm-runner", standalone_mode=False)
     except typer.TyperException as exc:
         exit_code = int(getattr(exc, "exit_code", 1))
-        if type(exc).__name__ != "NoArgsIsHelpError":  # typer printed the help already
+        if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the (plain) help
+            print(exc.format_message())
+        else:
             ctx = getattr(exc, "ctx", None)
             message = exc.format_message().replace("Value error, ", "")
             where = (
@@ -473,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except typer.Abort:
         err.print("fsm-runner: aborted", markup=False)
         sys.exit(1)
+    finally:
+        engine.finish_sandboxes()  # the one place background removals are joined
     sys.exit(code if isinstance(code, int) else 0)
 
 

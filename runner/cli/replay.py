@@ -14,18 +14,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from runner.api.replay import replay_run
 from runner.cli.engine import SandboxLayerError
 from runner.cli.progress import bare_table, view_style
 from runner.errors import RunnerError
-from runner.runs.manifest import MANIFEST_FILE, manifest_json_schema, verify_run_dir
-from runner.runs.replay import EXIT_TROUBLE, Comparison
+
+if TYPE_CHECKING:
+    from runner.runs.replay import Comparison
 
 __all__ = ["replay_app"]
 
@@ -194,6 +194,10 @@ def replay(
 
     Exit code 0: identical; 1: something differs; 2: could not replay.
     """
+    # Imported here, not at the top: `fsm-runner --help` must not load the session.
+    from runner.api.replay import replay_run
+    from runner.runs.replay import EXIT_TROUBLE
+
     run_dir = resolve_run_dir(run, repo)
     style = view_style(out)
     progress = None if quiet else (lambda msg: err.print(msg, markup=False))
@@ -233,6 +237,8 @@ def verify(run: RunArg, repo: RepoOpt = Path(".")) -> None:
     Exit code 0: every listed file is there with its sha256 and nothing was added;
     1: a file is missing, changed or added (each one named); 2: no manifest.json.
     """
+    from runner.runs.manifest import MANIFEST_FILE, verify_run_dir
+
     run_dir = resolve_run_dir(run, repo)
     try:
         report = verify_run_dir(run_dir)
@@ -259,4 +265,6 @@ def verify(run: RunArg, repo: RepoOpt = Path(".")) -> None:
 @replay_app.command("manifest-schema")
 def manifest_schema() -> None:
     """Print the JSON Schema of manifest.json (generated from the model that writes it)."""
+    from runner.runs.manifest import manifest_json_schema
+
     print(json.dumps(manifest_json_schema(), indent=2))

@@ -192,14 +192,23 @@ class RunDir:
         self._redactor = SecretRedactor()
 
     @classmethod
-    def create(cls, repo_root: Path, *, base: Path | None = None) -> RunDir:
+    def create(
+        cls, repo_root: Path, *, base: Path | None = None, run_id: str | None = None
+    ) -> RunDir:
         """Claim a fresh run dir under ``base`` (default ``<repo>/.aider_fsm/artifacts``).
+
+        ``run_id``: claim this id (one from ``new_run_id()`` reserved earlier, e.g. the
+        label of a sandbox a warm pool made ahead) instead of a new one.
 
         Raises:
             ContractError: ``.aider_fsm`` or ``.aider_fsm/artifacts`` in the repo is a link.
-            FileExistsError: no free run id after many attempts (a clock or RNG bug).
+            FileExistsError: no free run id after many attempts (a clock or RNG bug), or
+                the given ``run_id`` is taken.
+            ValueError: ``run_id`` is not of the ``new_run_id()`` form.
             OSError: the base directory cannot be created.
         """
+        if run_id is not None and not RUN_ID_RE.fullmatch(run_id):
+            raise ValueError(f"run_id={run_id!r} is not of the form YYYYmmdd_HHMMSS_<6 hex>")
         if base is None:
             # The repo is untrusted input: a planted ``.aider_fsm`` or ``artifacts`` link
             # must not move the run dir (and everything we write) somewhere else.
@@ -210,6 +219,9 @@ class RunDir:
                     )
         root = (base if base is not None else repo_root / ".aider_fsm" / "artifacts").resolve()
         root.mkdir(parents=True, exist_ok=True)
+        if run_id is not None:
+            (root / run_id).mkdir(exist_ok=False)
+            return cls(run_id, root / run_id)
         for _ in range(_CREATE_ATTEMPTS):
             run_id = new_run_id()
             try:

@@ -17,8 +17,8 @@ from runner.session.actions import run_actions
 from runner.session.bootstrap_cache import (
     NAMESPACE_LABEL,
     CachePlan,
+    bootstrap_start_shell,
     cache_namespace,
-    mark_bootstrap_start,
     save_snapshot,
 )
 from runner.session.passes import Pass
@@ -71,10 +71,13 @@ def run_bootstrap(
         record_stage_network(run_dir, "bootstrap", plan.network.value)
         ctx.say(f"bootstrap ({len(plan.cmds)} command(s), network={plan.network.value})")
         saving = cache is not None and cache.mode == "on" and bool(cache.key) and not cache.hit
-        if saving:
-            mark_bootstrap_start(sb)
         started = time.monotonic()
-        result = exec_stage(ctx, plan, Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"]))
+        result = exec_stage(
+            ctx,
+            plan,
+            Pass("bootstrap", bdir, plan.env["AIDER_FSM_ARTIFACTS_DIR"]),
+            prelude=bootstrap_start_shell() if saving else "",
+        )
         if saving and result.ok and cache is not None:
             _save(ctx, cache, time.monotonic() - started)
     if (result is None or result.ok) and actions and actions.actions:

@@ -238,10 +238,13 @@ def run_pipeline_stage(
 
 
 def exec_stage(
-    ctx: StageContext, plan: StagePlan, p: Pass, clear: tuple[str, ...] = ()
+    ctx: StageContext, plan: StagePlan, p: Pass, clear: tuple[str, ...] = (), prelude: str = ""
 ) -> StageResult:
-    """Run a plan under the policy, housekeeping first; engine errors become runner errors."""
-    prelude = housekeeping(p.sandbox_dir, clear)
+    """Run a plan under the policy, housekeeping first; engine errors become runner errors.
+
+    ``prelude``: more runner shell for the first command's exec, before the housekeeping.
+    """
+    prelude = "\n".join(filter(None, (prelude, housekeeping(p.sandbox_dir, clear))))
     try:
         return run_stage(
             ctx.sandbox,

@@ -13,19 +13,14 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import runner
 from runner.contract import validate_hints_run, validate_hints_used
 from runner.errors import ContractError
+from runner.trust.helper_mount import RUNNER_ROOT_IN_SANDBOX as RUNNER_ROOT_IN_SANDBOX
+from runner.trust.helper_mount import runner_package_dir as runner_package_dir
 from runner.trust.hints import check_hints_evidence, read_hints_exec
 
-RUNNER_ROOT_IN_SANDBOX = "/opt/fsm-runner"
-"""Where the runner's stage helpers are mounted read-only in a Docker sandbox."""
 TRACE_LIMIT = 4_000_000
 """Bytes of shell trace read per file."""
-
-
-def runner_package_dir() -> Path:
-    return Path(runner.__file__).resolve().parent
 
 
 def helper_env(root: str, pythonpath: str | None = None) -> dict[str, str]:

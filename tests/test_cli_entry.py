@@ -1,0 +1,49 @@
+"""The installed command exits without the interpreter's teardown, but only after its work.
+
+``runner/cli/entry.py`` must keep what a normal exit guarantees: output flushed,
+non-daemon threads (background container removals) joined, ``atexit`` hooks run, and
+the exit status of ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.parametrize(("code", "status"), [("None", 0), ("3", 3), ("'bye'", 1)])
+def test_exit_now_joins_threads_runs_hooks_and_flushes(
+    tmp_path: Path, code: str, status: int
+) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import atexit, pathlib, threading, time
+        from runner.cli.entry import exit_now
+        out = pathlib.Path({str(tmp_path)!r})
+        def late():
+            time.sleep(0.3)
+            (out / "thread-done").write_text("ok")
+        threading.Thread(target=late).start()
+        atexit.register(lambda: (out / "hook-ran").write_text("ok"))
+        print("result line", end="")  # unflushed: stdout is a pipe
+        exit_now({code})
+    """)
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == status, proc.stderr
+    assert proc.stdout == "result line"
+    assert (tmp_path / "thread-done").exists() and (tmp_path / "hook-ran").exists()
+    if status == 1:
+        assert "bye" in proc.stderr
+
+
+def test_the_installed_command_keeps_exit_codes() -> None:
+    fsm = Path(sys.executable).parent / "fsm-runner"
+    assert subprocess.run([str(fsm), "--help"], capture_output=True).returncode == 0
+    bad = subprocess.run([str(fsm), "run", "--mode", "fast", "x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("fsm-runner: error: ")
