@@ -77,6 +77,11 @@ def _close_leftovers() -> None:
 atexit.register(_close_leftovers)
 
 
+def open_sandbox_count() -> int:
+    """Sandboxes of this process not yet removed (the CLI defers stop signals meanwhile)."""
+    return len(_open_sandboxes)
+
+
 class DockerSandbox:
     """A disposable hardened container. Open with ``open_sandbox(spec)``."""
 

@@ -58,6 +58,12 @@ def start_removal(name: str, remove: Any) -> None:
     thread.start()
 
 
+def removals_pending() -> bool:
+    """True while a background removal still runs (a stop signal must not cut it short)."""
+    with _removals_lock:
+        return any(t.is_alive() for t in _removals)
+
+
 def wait_for_removals(timeout: float | None = None) -> bool:
     """Join the background removals started so far; True when none is left running."""
     with _removals_lock:

@@ -47,3 +47,37 @@ def test_the_installed_command_keeps_exit_codes() -> None:
     assert subprocess.run([str(fsm), "--help"], capture_output=True).returncode == 0
     bad = subprocess.run([str(fsm), "run", "--mode", "fast", "x"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("fsm-runner: error: ")
+
+
+@pytest.mark.parametrize("pending", [True, False])
+def test_a_stop_signal_waits_only_while_a_sandbox_is_being_removed(
+    tmp_path: Path, pending: bool
+) -> None:
+    """After ``run`` returns, its container may still be going in a background thread: a
+    SIGTERM then is noted and ignored; with nothing pending it acts as it always did."""
+    script = tmp_path / "child.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import sys, time
+        from runner.cli.interrupts import cleanup_guard
+        with cleanup_guard(lambda: {pending}):
+            print("ready", flush=True)
+            time.sleep(1.5)
+        print("finished", flush=True)
+        """)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    if pending:
+        assert proc.returncode == 0 and "finished" in out
+        assert "SIGTERM ignored: still removing the sandbox" in err
+    else:
+        assert proc.returncode == -15 and "finished" not in out

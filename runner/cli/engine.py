@@ -32,6 +32,7 @@ __all__ = [
     "SandboxLayerError",
     "base_images",
     "cache_dir",
+    "cleanup_pending",
     "default_image_tag",
     "engine_info",
     "ensure_image",
@@ -57,6 +58,18 @@ def remove_sandboxes_in_background() -> None:
     from sandbox.lifecycle import remove_in_background
 
     remove_in_background()
+
+
+def cleanup_pending() -> bool:
+    """A sandbox of this process is still open or being removed in the background."""
+    import sys
+
+    if "sandbox.lifecycle" not in sys.modules:  # nothing was ever opened
+        return False
+    from sandbox.docker import open_sandbox_count
+    from sandbox.lifecycle import removals_pending
+
+    return removals_pending() or open_sandbox_count() > 0
 
 
 def finish_sandboxes() -> None:

@@ -19,15 +19,18 @@ import sys
 import threading
 from typing import NoReturn
 
+from runner.cli import engine, interrupts
 from runner.cli.main import main
 
 
 def console_main() -> NoReturn:
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    exit_now(code)
+    # The guard spans the exit too: atexit hooks may still remove a sandbox left open.
+    with interrupts.cleanup_guard(engine.cleanup_pending):
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+        exit_now(code)
 
 
 def exit_now(code: object) -> NoReturn:

@@ -11,8 +11,10 @@ works, and ``fsm-runner gc`` collects what it leaves).
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -103,3 +105,40 @@ def during(fn: Callable[P, R]) -> Callable[P, R]:
 def active() -> StopSignals:
     """The running command's :class:`StopSignals` (a fresh, unarmed one outside a command)."""
     return _active[-1] if _active else StopSignals()
+
+
+@contextmanager
+def cleanup_guard(pending: Callable[[], bool]) -> Iterator[None]:
+    """Around a whole command: a stop signal that lands while ``pending()`` (a sandbox is
+    still open or being removed) is noted and ignored; otherwise it acts as before.
+
+    A command's own handlers (:func:`during`) come and go inside this; after ``run``
+    returns, its container may still be on its way out in a background thread, and a
+    SIGTERM then used to end the process half-way through removing the llm network.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if pending():
+            sys.stderr.write(
+                f"fsm-runner: {signal.Signals(signum).name} ignored: still removing the "
+                "sandbox (kill -9 abandons it; `fsm-runner gc` removes it later)\n"
+            )
+            return
+        before = previous[signal.Signals(signum)]
+        if callable(before):
+            before(signum, frame)
+        elif before != signal.SIG_IGN:  # the default action, as if we had never been here
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for sig in SIGNALS:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

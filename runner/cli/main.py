@@ -467,6 +467,11 @@ def doctor() -> None:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the app; a usage error becomes one line on stderr and exit code 2."""
+    with interrupts.cleanup_guard(engine.cleanup_pending):
+        _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> NoReturn:
     try:
         code = app(args=argv, prog_name="fsm-runner", standalone_mode=False)
     except typer.TyperException as exc:
