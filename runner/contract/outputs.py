@@ -12,7 +12,6 @@ people grep for them; the rest of the message and the ContractError fields say m
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -20,21 +19,19 @@ from typing import Annotated, Any, TypeGuard
 
 from pydantic import AfterValidator, BaseModel, ValidationError
 
+from runner.contract.bounded import omitted_note, parse_json, read_json_object
 from runner.contract.samples import (
     LENIENT_CONFIG,
-    MAX_SAMPLE_LINE_BYTES,
     Sample,
     SamplesReport,
     first_error,
     validate_samples_jsonl,
 )
 from runner.errors import ContractError
-from sandbox import OMITTED_SUFFIX
 
+# parse_json, read_json_object and omitted_note live in runner.contract.bounded; the
+# session imports them from here.
 __all__ = [
-    "MAX_JSON_BYTES",
-    "MAX_JSON_DEPTH",
-    "MAX_SAMPLE_LINE_BYTES",
     "RolloutCounts",
     "RolloutManifest",
     "RolloutPaths",
@@ -52,89 +49,6 @@ __all__ = [
     "validate_rollout_manifest",
     "validate_samples_jsonl",
 ]
-
-#: Output JSON objects (metrics, rollout, hints) are small; a huge one is a bug.
-MAX_JSON_BYTES = 16 * 1024 * 1024
-
-
-MAX_JSON_DEPTH = 100
-"""Deepest nesting accepted in an output JSON: every later reader (redaction, the report,
-the manifest) walks it recursively, and a 100000-deep array crashed them (issue 15 item 12)."""
-
-
-def parse_json(text: str | bytes) -> Any:
-    """``json.loads`` that fails with ``ValueError`` only, with a message fit for a reason.
-
-    Python's own limits surface as other errors (``RecursionError`` for deep nesting,
-    a ``ValueError`` about "integer string conversion" for a 5000-digit number) and a
-    depth its parser accepts can still exhaust a recursive reader later, so both are
-    checked here.
-
-    Raises:
-        json.JSONDecodeError: not JSON (with its line).
-        ValueError: nested deeper than MAX_JSON_DEPTH, or a number Python will not read.
-    """
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except json.JSONDecodeError:
-        raise
-    except ValueError as exc:  # sys.get_int_max_str_digits()
-        raise ValueError(f"a number has too many digits ({exc})") from None
-    # Iterative, so the check itself cannot recurse too deep.
-    stack: list[tuple[object, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-            items = value.values() if isinstance(value, dict) else value
-            stack.extend((v, depth + 1) for v in items if isinstance(v, dict | list))
-    return data
-
-
-def omitted_note(path: Path) -> Path:
-    """Where a copy-out records that ``path`` was too big to bring back (``<name>.omitted``)."""
-    return path.with_name(path.name + OMITTED_SUFFIX)
-
-
-def read_json_object(
-    path: Path, *, missing: str, not_object: str, invalid: str = "invalid_json"
-) -> dict[str, Any]:
-    """Read a JSON object, reporting failures with the given reason codes.
-
-    A file the copy-out left behind for its size (``<name>.omitted`` beside it) is
-    ``output_too_large``, never an ``invalid_json`` of a cut copy.
-
-    Raises:
-        ContractError: missing, too large, unreadable, invalid JSON (with its line),
-            nested too deep or with a number too long, or not an object.
-    """
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise ContractError(
-                f"output_too_large: {size} bytes, over the {MAX_JSON_BYTES}-byte cap", file=path
-            )
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        note = omitted_note(path)
-        if note.is_file() and not note.is_symlink():
-            detail = note.read_text(encoding="utf-8", errors="replace").strip()[:300]
-            raise ContractError(f"output_too_large: {detail}", file=path) from exc
-        raise ContractError(f"{missing}: {path}", file=path) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ContractError(f"failed_to_read: {exc}", file=path) from exc
-    try:
-        data = parse_json(text)
-    except json.JSONDecodeError as exc:
-        raise ContractError(f"{invalid}: {exc.msg}", file=path, line=exc.lineno) from exc
-    except ValueError as exc:
-        raise ContractError(f"{invalid}: {exc}", file=path) from exc
-    if not isinstance(data, dict):
-        raise ContractError(not_object, file=path, found=type(data).__name__)
-    return data
 
 
 def _is_finite_number(value: object) -> TypeGuard[int | float]:
@@ -355,6 +269,23 @@ def _nonblank_strings(value: object) -> list[str]:
     return [v.strip() for v in value if isinstance(v, str) and v.strip()]
 
 
+def _read_hints_file(path: Path, name: str) -> dict[str, Any]:
+    """Read ``<name>.json`` and require ``ok: true``, with the ``<name>`` reason codes.
+
+    Raises:
+        ContractError: missing, invalid, not an object, or ``ok`` not exactly true.
+    """
+    data = read_json_object(
+        path,
+        missing=f"missing_{name}_json",
+        not_object=f"{name}_json_not_object",
+        invalid=f"{name}_json_invalid",
+    )
+    if data.get("ok") is not True:
+        raise ContractError(f"{name}.ok_not_true", file=path, field="ok", found=data.get("ok"))
+    return data
+
+
 def validate_hints_used(path: Path, expected_anchors: Sequence[str]) -> dict[str, Any]:
     """Check ``.aider_fsm/hints_used.json`` (section 4.5 rules) and return it.
 
@@ -363,14 +294,7 @@ def validate_hints_used(path: Path, expected_anchors: Sequence[str]) -> dict[str
     Raises:
         ContractError: with the predecessor's ``hints_used.*`` reason codes.
     """
-    data = read_json_object(
-        path,
-        missing="missing_hints_used_json",
-        not_object="hints_used_json_not_object",
-        invalid="hints_used_json_invalid",
-    )
-    if data.get("ok") is not True:
-        raise ContractError("hints_used.ok_not_true", file=path, field="ok", found=data.get("ok"))
+    data = _read_hints_file(path, "hints_used")
     used = data.get("used_anchors")
     if not isinstance(used, list) or not used:
         raise ContractError(
@@ -399,14 +323,7 @@ def validate_hints_run(path: Path) -> dict[str, Any]:
     Raises:
         ContractError: with the predecessor's ``hints_run.*`` reason codes.
     """
-    data = read_json_object(
-        path,
-        missing="missing_hints_run_json",
-        not_object="hints_run_json_not_object",
-        invalid="hints_run_json_invalid",
-    )
-    if data.get("ok") is not True:
-        raise ContractError("hints_run.ok_not_true", file=path, field="ok", found=data.get("ok"))
+    data = _read_hints_file(path, "hints_run")
     chosen = data.get("chosen_command")
     if not isinstance(chosen, str) or not chosen.strip():
         raise ContractError("hints_run.chosen_command_missing", file=path, field="chosen_command")

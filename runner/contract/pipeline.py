@@ -26,7 +26,6 @@ that set them never depended on them, and rejecting them would break working rep
 
 from __future__ import annotations
 
-import re
 import types
 import typing
 from collections.abc import Mapping
@@ -34,29 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
-from runner.contract.fields import (
-    Command,
-    ContractModel,
-    EnvMap,
-    OptionalText,
-    RepoPath,
-    Retries,
-    Seconds,
-    lower_or_default,
-    no_bool,
-    none_to_empty_tuple,
-    size_bytes,
-    version_one,
+from runner.contract.fields import ContractModel, OptionalText, version_one
+from runner.contract.security import SecuritySpec
+from runner.contract.stage_sections import (
+    AuthStage,
+    DeployStage,
+    KubectlDump,
+    MetricsStage,
+    NetworkPolicy,
+    RunStage,
+    StageCommon,
+    TestsStage,
 )
 from runner.contract.yamlsrc import load_yaml, validate_model
 from runner.errors import ContractError
@@ -78,7 +67,6 @@ __all__ = [
     "pipeline_json_schema",
 ]
 
-NetworkPolicy = Literal["none", "llm", "egress"]
 StageName = Literal[
     "tests",
     "auth",
@@ -90,210 +78,6 @@ StageName = Literal[
     "benchmark",
 ]
 STAGE_NAMES: tuple[StageName, ...] = typing.get_args(StageName)
-
-Commands = tuple[Command, ...] | None
-
-
-def _pick(plural: tuple[str, ...] | None, singular: str | None) -> tuple[str, ...]:
-    if plural is not None:
-        return plural
-    return (singular,) if singular else ()
-
-
-class _StageCommon(ContractModel):
-    timeout_seconds: Seconds = None
-    """Per-command timeout in seconds (capped by security.max_cmd_seconds); null = runner default, 0 is read as null (legacy)."""
-    retries: Retries = 0
-    """Extra attempts per failing command (no backoff)."""
-    env: EnvMap = Field(default_factory=dict)
-    """Extra environment for this stage; values are stringified, null becomes ""."""
-    workdir: RepoPath = None
-    """Working directory relative to the repository root; must stay inside it."""
-    network: NetworkPolicy | None = None
-    """Network for this stage: none, llm (model endpoint only) or egress; null = runner default."""
-
-
-class TestsStage(_StageCommon):
-    """The repository's own test command(s)."""
-
-    cmd: Command | None = None
-    """Single command (used when `cmds` is absent)."""
-    cmds: Commands = None
-    """Commands; wins over `cmd` when both are given."""
-
-    @property
-    def commands(self) -> tuple[str, ...]:
-        """Final command list: ``cmds`` if present, else ``cmd``."""
-        return _pick(self.cmds, self.cmd)
-
-
-class AuthStage(TestsStage):
-    """Log-in steps (registries, hubs) run before anything else."""
-
-    steps: Commands = None
-    """Legacy alias for `cmds`, used only when `cmd`/`cmds` give no command."""
-    interactive: bool = False
-    """Run attached to a terminal (only honoured in guided unattended mode)."""
-
-    @property
-    def commands(self) -> tuple[str, ...]:
-        """``cmds``, else ``cmd``, else ``steps`` (predecessor order)."""
-        return _pick(self.cmds, self.cmd) or (self.steps or ())
-
-
-class KubectlDump(ContractModel):
-    """Legacy kubectl diagnostics captured after the run."""
-
-    enabled: bool = False
-    """Capture kubectl get/events (and optionally logs) after the run."""
-    namespace: OptionalText = None
-    """Namespace to dump; null = all."""
-    label_selector: OptionalText = None
-    """Label selector for `kubectl logs -l`."""
-    include_logs: bool = False
-    """Also capture pod logs matching `label_selector`."""
-
-
-class DeployStage(_StageCommon):
-    """Start the service (setup), check it (health), stop it (teardown)."""
-
-    setup_cmd: Command | None = None
-    """Single setup command (used when `setup_cmds` is absent)."""
-    setup_cmds: Commands = None
-    """Setup commands; win over `setup_cmd`."""
-    health_cmd: Command | None = None
-    """Single health-check command."""
-    health_cmds: Commands = None
-    """Health-check commands; win over `health_cmd`."""
-    teardown_cmd: Command | None = None
-    """Single teardown command."""
-    teardown_cmds: Commands = None
-    """Teardown commands; win over `teardown_cmd`."""
-    teardown_policy: Annotated[
-        Literal["always", "on_success", "on_failure", "never"],
-        BeforeValidator(lower_or_default("always")),
-    ] = "always"
-    """When teardown runs: always, on_success, on_failure or never."""
-    kubectl_dump: KubectlDump | None = None
-    """Legacy kubectl diagnostics."""
-
-    @property
-    def setup_commands(self) -> tuple[str, ...]:
-        """Final setup command list."""
-        return _pick(self.setup_cmds, self.setup_cmd)
-
-    @property
-    def health_commands(self) -> tuple[str, ...]:
-        """Final health command list."""
-        return _pick(self.health_cmds, self.health_cmd)
-
-    @property
-    def teardown_commands(self) -> tuple[str, ...]:
-        """Final teardown command list."""
-        return _pick(self.teardown_cmds, self.teardown_cmd)
-
-
-class RunStage(_StageCommon):
-    """A stage that runs command(s): rollout."""
-
-    run_cmd: Command | None = None
-    """Single command (used when `run_cmds` is absent)."""
-    run_cmds: Commands = None
-    """Commands; win over `run_cmd`."""
-
-    @property
-    def commands(self) -> tuple[str, ...]:
-        """Final command list: ``run_cmds`` if present, else ``run_cmd``."""
-        return _pick(self.run_cmds, self.run_cmd)
-
-
-class MetricsStage(RunStage):
-    """A stage that must leave a metrics JSON object: evaluation, benchmark."""
-
-    metrics_path: OptionalText = None
-    """Metrics JSON path, relative to the repository root (not to workdir)."""
-    required_keys: Annotated[
-        tuple[Annotated[str, AfterValidator(str.strip)], ...],
-        BeforeValidator(none_to_empty_tuple),
-        AfterValidator(lambda keys: tuple(k for k in keys if k)),
-    ] = ()
-    """Keys the metrics object must contain; if `ok` is listed it must be exactly true."""
-
-
-def _regex(pattern: str) -> str:
-    pattern = pattern.strip()
-    try:
-        re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression: {exc}") from exc
-    return pattern
-
-
-Patterns = Annotated[
-    tuple[Annotated[str, AfterValidator(_regex)], ...],
-    BeforeValidator(none_to_empty_tuple),
-    AfterValidator(lambda items: tuple(p for p in items if p)),
-]
-
-
-MIN_MEMORY = "6m"
-"""Docker's own minimum for a memory limit."""
-MAX_MEMORY = "1024g"
-MAX_CPUS = 1024.0
-MAX_PIDS = 4_194_304
-"""The kernel's ceiling for pid_max."""
-
-Cpus = Annotated[
-    PositiveFloat | None, Field(allow_inf_nan=False, le=MAX_CPUS), BeforeValidator(no_bool)
-]
-
-
-def _memory(value: str | None) -> str | None:
-    # 0 means "no limit" to Docker: a contract could only loosen with it (issue 15 item 5).
-    if value is None:
-        return None
-    if not re.fullmatch(r"[0-9]+[bkmg]?", value.lower()):
-        raise ValueError("memory must look like 512m or 2g (digits + optional b/k/m/g)")
-    if not size_bytes(MIN_MEMORY) <= size_bytes(value) <= size_bytes(MAX_MEMORY):
-        raise ValueError(f"memory must be between {MIN_MEMORY} and {MAX_MEMORY}")
-    return value.lower()
-
-
-class SecuritySpec(ContractModel):
-    """Command policy and container limits."""
-
-    mode: Annotated[Literal["safe", "system"], BeforeValidator(lower_or_default("safe"))] = "safe"
-    """safe adds default deny rules (sudo, mkfs, ...); system drops them."""
-    allowlist: Patterns = ()
-    """Regexes (case-insensitive, re.search); if non-empty a command must match one."""
-    denylist: Patterns = ()
-    """Regexes (case-insensitive, re.search); a matching command is refused."""
-    max_cmd_seconds: Seconds = None
-    """Cap on every command's timeout (tightens the runner's, never loosens it)."""
-    max_total_seconds: Seconds = None
-    """Time budget of one stage, checked before each command."""
-    memory: Annotated[
-        str | None,
-        BeforeValidator(lambda v: str(no_bool(v)) if isinstance(v, int) else v),
-        AfterValidator(_memory),
-    ] = None
-    """Container memory limit (memory+swap), e.g. 2g; only lowers the caller's; null = the caller's."""
-    cpus: Cpus = None
-    """Container CPU limit; only lowers the caller's; null = the caller's."""
-    pids: Annotated[PositiveInt | None, Field(ge=8, le=MAX_PIDS), BeforeValidator(no_bool)] = None
-    """Container process-count limit; only lowers the caller's; null = the caller's."""
-    network: NetworkPolicy | None = None
-    """Most network any stage may get (none < llm < egress); null = runner default."""
-
-    @property
-    def allow_patterns(self) -> tuple[re.Pattern[str], ...]:
-        """Compiled allowlist (validated at load, so this cannot fail)."""
-        return tuple(re.compile(p, re.IGNORECASE) for p in self.allowlist)
-
-    @property
-    def deny_patterns(self) -> tuple[re.Pattern[str], ...]:
-        """Compiled denylist."""
-        return tuple(re.compile(p, re.IGNORECASE) for p in self.denylist)
 
 
 class ArtifactsSpec(ContractModel):
@@ -363,7 +147,7 @@ class PipelineSpec(ContractModel):
         """
         if name not in STAGE_NAMES:
             raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGE_NAMES)}")
-        section: _StageCommon | None
+        section: StageCommon | None
         cmds: tuple[str, ...] = ()
         if name.startswith("deploy_"):
             section = self.deploy

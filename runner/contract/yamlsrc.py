@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from runner.contract.bounded import read_text_capped
 from runner.errors import ContractError
 
 __all__ = [
@@ -96,12 +97,9 @@ def load_yaml(path: Path) -> YamlDoc:
         ContractError: the file is missing, unreadable, too large, not UTF-8, or not YAML.
     """
     try:
-        size = path.stat().st_size
-        if size > MAX_CONTRACT_BYTES:
-            raise ContractError(
-                f"file is too large ({size} bytes, limit {MAX_CONTRACT_BYTES})", file=path
-            )
-        text = path.read_text(encoding="utf-8")
+        text = read_text_capped(
+            path, MAX_CONTRACT_BYTES, "file is too large ({size} bytes, limit {limit})"
+        )
     except FileNotFoundError as exc:
         raise ContractError("file not found", file=path) from exc
     except UnicodeDecodeError as exc:
@@ -222,14 +220,7 @@ def _translate(
     if len(errors) > 1:
         message += f" (+{len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     where = source_path(loc) if source_path else loc
-    return ContractError(
-        message,
-        file=doc.file,
-        line=doc.line_of(where),
-        field=format_path(where) or None,
-        found=found,
-        allowed=allowed,
-    )
+    return doc.error(message, where, found=found, allowed=allowed)
 
 
 def _unwrap(tp: Any) -> Any:

@@ -14,20 +14,18 @@ whatever its last rollout said (issue 15 item 8). A run stopped by a signal reco
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-EVENTS_FILE = "events.jsonl"
-"""The run's event log, one JSON object a line; :meth:`runner.runs.run_dir.RunDir.event` appends."""
+from runner.runs.layout import EVENTS_FILE, RUN_ID_RE, runs_root
+
 FINAL_STATE = "CLOSED"
 """``to_state`` of the session's last transition: the run dir is complete."""
 INTERRUPTED = "interrupted"
 """Event kind the CLI records when a signal stops a run (field ``signal``)."""
 INCOMPLETE = "incomplete"
-RUN_ID_RE = re.compile(r"^(\d{8}_\d{6})(?:_[0-9a-f]{6})?$")
-"""Our ids (``YYYYmmdd_HHMMSS_<6 hex>``) and the predecessor's (no suffix)."""
 
 
 @dataclass(frozen=True)
@@ -61,26 +59,33 @@ def final_ok(ok: bool | None, *, closed: bool, interrupted: bool) -> bool | None
 @dataclass
 class _Scan:
     count: int = 0
-    last: dict[str, object] | None = None
+    last: dict[str, Any] | None = None
     ok: bool | None = None
     closed: bool = False
     interrupted: bool = False
 
 
-def _read_events(path: Path) -> _Scan:
-    """Count parseable lines; the last one, the last rollout/evaluation ``ok``, the end."""
-    scan = _Scan()
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """Parseable lines of events.jsonl (a partial last line from a crash is skipped)."""
     try:
-        raw = path.read_bytes()
+        raw = (run_dir / EVENTS_FILE).read_bytes()
     except OSError:
-        return scan
+        return []
+    events: list[dict[str, Any]] = []
     for line in raw.decode("utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue  # a partial line from a crash, or a corrupt one
-        if not isinstance(rec, dict):
-            continue
+        if isinstance(rec, dict):
+            events.append(rec)
+    return events
+
+
+def _scan_events(run_dir: Path) -> _Scan:
+    """Count parseable lines; the last one, the last rollout/evaluation ``ok``, the end."""
+    scan = _Scan()
+    for rec in read_events(run_dir):
         scan.count, scan.last = scan.count + 1, rec
         kind = rec.get("kind")
         if kind in ("rollout_end", "evaluation_end") and isinstance(rec.get("ok"), bool):
@@ -94,7 +99,7 @@ def _read_events(path: Path) -> _Scan:
 
 def list_runs(repo_root: Path, base: Path | None = None) -> list[RunInfo]:
     """Run dirs under ``base`` (default ``<repo>/.aider_fsm/artifacts``), newest first."""
-    root = base if base is not None else repo_root / ".aider_fsm" / "artifacts"
+    root = runs_root(repo_root, base)
     if not root.is_dir():
         return []
     found: list[tuple[tuple[str, float], RunInfo]] = []
@@ -104,7 +109,7 @@ def list_runs(repo_root: Path, base: Path | None = None) -> list[RunInfo]:
             continue
         started = datetime.strptime(match.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
         events = path / EVENTS_FILE
-        scan = _read_events(events)
+        scan = _scan_events(path)
         last = scan.last
         if last is None:
             status = "no events"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.contract.outputs import parse_json
+from runner.contract.bounded import parse_json
 from runner.errors import RunnerError
 from runner.runs.manifest import Manifest, load_manifest
 

@@ -1,16 +1,15 @@
-"""The run directory: run ids, layout and writers.
+"""The run directory: the only writer into it.
 
 Only this module writes into ``<repo>/.aider_fsm/artifacts/<run_id>/``, so one place
 decides what a file may contain: every text passes :meth:`RunDir.redact` first, long
 texts are capped with a visible marker (never silently), and writes are atomic (temp
 file + rename) so a reader such as ``fsm-runner runs`` never sees half a file.
 
-What counts as a secret lives in :mod:`runner.trust.redaction` and reading run dirs back in
-:mod:`runner.runs.listing`; their public names are re-exported here for callers.
-
-Run ids carry a random suffix and are claimed with ``mkdir(exist_ok=False)``: the
-predecessor's one-second ids let two sessions on one repo share a directory
-(notes/predecessor.md 14.3).
+Run ids are claimed with ``mkdir(exist_ok=False)``, so two sessions never share one.
+Names and places are :mod:`runner.runs.layout`, caps :mod:`runner.runs.limits`,
+in-place scrubbing :mod:`runner.runs.scrub`, secrets :mod:`runner.trust.redaction`
+and reading back :mod:`runner.runs.listing`; the names callers take from here are
+re-exported.
 """
 
 from __future__ import annotations
@@ -19,37 +18,40 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
 
-from runner.errors import ContractError, RunnerError
-from runner.runs.listing import EVENTS_FILE, RUN_ID_RE, RunInfo, list_runs
-from runner.trust.redaction import MIN_SECRET_LEN, REDACTED, SecretRedactor, mask_env, secret_key
+from runner.runs.layout import (
+    EVENTS_FILE,
+    RUN_ID_RE,
+    command_stem,
+    new_run_id,
+    refuse_planted_links,
+    runs_root,
+)
+from runner.runs.limits import (
+    DEFAULT_MAX_COPY_BYTES,
+    MAX_EVENT_FIELD_CHARS,
+    MAX_TEXT_CHARS,
+    cap_text,
+    max_copy_bytes,
+    max_pass_bytes,
+    max_pass_entries,
+)
+from runner.runs.listing import list_runs
+from runner.runs.scrub import scrub_files
+from runner.trust.redaction import SecretRedactor, mask_env
 from sandbox.copyout import DIR_FLAGS, open_dirs_beneath, replace_file_beneath
 
 __all__ = [
     "DEFAULT_MAX_COPY_BYTES",
-    "DEFAULT_MAX_PASS_BYTES",
-    "DEFAULT_MAX_PASS_ENTRIES",
-    "EVENTS_FILE",
-    "MAX_COPY_ENV",
-    "MAX_EVENT_FIELD_CHARS",
-    "MAX_PASS_BYTES_ENV",
-    "MAX_PASS_ENTRIES_ENV",
     "MAX_TEXT_CHARS",
-    "MIN_SECRET_LEN",
-    "REDACTED",
     "RUN_ID_RE",
-    "SCRUB_CHUNK_BYTES",
-    "SCRUB_WHOLE_BYTES",
     "CommandRecord",
     "RunDir",
-    "RunInfo",
-    "SecretRedactor",
     "cap_text",
     "list_runs",
     "mask_env",
@@ -57,16 +59,7 @@ __all__ = [
     "max_pass_bytes",
     "max_pass_entries",
     "new_run_id",
-    "secret_key",
 ]
-
-MAX_TEXT_CHARS = 2_000_000
-"""Cap of every text file, as in the predecessor; the excess is cut out of the middle."""
-MAX_EVENT_FIELD_CHARS = 4_000
-"""Cap of one string field in events.jsonl: full texts belong in files, not in the log."""
-SCRUB_WHOLE_BYTES = 16 * 1024 * 1024
-"""Files up to this size are scrubbed in one read; larger ones in chunks."""
-SCRUB_CHUNK_BYTES = 4 * 1024 * 1024
 
 _CREATE_ATTEMPTS = 64
 _STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -85,80 +78,6 @@ class CommandRecord:
     truncated: bool = False
     blocked_reason: str | None = None
     disk_exceeded: bool = False
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """``YYYYmmdd_HHMMSS_<6 hex>`` in UTC: sortable by time, unique by its suffix."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
-    return f"{stamp}_{secrets.token_hex(3)}"
-
-
-def cap_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
-    """Keep the head and the tail (where tracebacks are) and say how much was cut."""
-    if len(text) <= limit:
-        return text
-    head = limit // 2
-    cut = len(text) - limit
-    return f"{text[:head]}\n[truncated {cut} chars]\n{text[len(text) - (limit - head) :]}"
-
-
-#: The largest single file copied from a sandbox into the run dir (stage files, samples).
-DEFAULT_MAX_COPY_BYTES = 64 * 1024 * 1024
-MAX_COPY_ENV = "FSM_RUNNER_MAX_COPY_BYTES"
-#: All copies of one pass together (stage files, samples): bytes and entries.
-DEFAULT_MAX_PASS_BYTES = 256 * 1024 * 1024
-MAX_PASS_BYTES_ENV = "FSM_RUNNER_MAX_PASS_BYTES"
-DEFAULT_MAX_PASS_ENTRIES = 10_000
-MAX_PASS_ENTRIES_ENV = "FSM_RUNNER_MAX_PASS_ENTRIES"
-
-
-def _positive_env(name: str, default: int) -> int:
-    """A positive whole number from the environment, or ``default`` when unset.
-
-    Raises:
-        RunnerError: set, but not a positive whole number.
-    """
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise RunnerError(f"{name}={raw!r}: expected a positive whole number")
-    return value
-
-
-def max_copy_bytes() -> int:
-    """The per-file cap on copies into the run dir: ``FSM_RUNNER_MAX_COPY_BYTES`` or 64 MiB.
-
-    A bigger file stays in the sandbox and ``<name>.omitted`` says so, so one sparse
-    file from a stage cannot fill the host disk (a samples file that big is validated
-    by streaming it from the sandbox instead).
-
-    Raises:
-        RunnerError: the variable is set but is not a positive whole number of bytes.
-    """
-    return _positive_env(MAX_COPY_ENV, DEFAULT_MAX_COPY_BYTES)
-
-
-def max_pass_bytes() -> int:
-    """Bytes (apparent sizes) all copies of one pass may bring back: 256 MiB by default.
-
-    Raises:
-        RunnerError: ``FSM_RUNNER_MAX_PASS_BYTES`` is set but not a positive whole number.
-    """
-    return _positive_env(MAX_PASS_BYTES_ENV, DEFAULT_MAX_PASS_BYTES)
-
-
-def max_pass_entries() -> int:
-    """Files, folders and links all copies of one pass may bring back: 10000 by default.
-
-    Raises:
-        RunnerError: ``FSM_RUNNER_MAX_PASS_ENTRIES`` is set but not a positive whole number.
-    """
-    return _positive_env(MAX_PASS_ENTRIES_ENV, DEFAULT_MAX_PASS_ENTRIES)
 
 
 @contextlib.contextmanager
@@ -210,14 +129,8 @@ class RunDir:
         if run_id is not None and not RUN_ID_RE.fullmatch(run_id):
             raise ValueError(f"run_id={run_id!r} is not of the form YYYYmmdd_HHMMSS_<6 hex>")
         if base is None:
-            # The repo is untrusted input: a planted ``.aider_fsm`` or ``artifacts`` link
-            # must not move the run dir (and everything we write) somewhere else.
-            for part in (repo_root / ".aider_fsm", repo_root / ".aider_fsm" / "artifacts"):
-                if part.is_symlink():
-                    raise ContractError(
-                        "is a symbolic link; refusing to write the run dir through it", file=part
-                    )
-        root = (base if base is not None else repo_root / ".aider_fsm" / "artifacts").resolve()
+            refuse_planted_links(repo_root)
+        root = runs_root(repo_root, base).resolve()
         root.mkdir(parents=True, exist_ok=True)
         if run_id is not None:
             (root / run_id).mkdir(exist_ok=False)
@@ -356,59 +269,7 @@ class RunDir:
         Raises:
             ValueError: ``root`` is not inside the run dir.
         """
-        start = self._dir(root)
-        changed = 0
-        # Bottom-up, so a folder is renamed after everything inside it was handled.
-        for dirpath, dirs, files in os.walk(start, topdown=False):
-            for name in files:
-                path = Path(dirpath) / name
-                if path.is_symlink() or not path.is_file():
-                    continue
-                if path.stat().st_size > SCRUB_WHOLE_BYTES:
-                    changed += self._scrub_large(path)
-                    continue
-                data = path.read_bytes()
-                clean = self.redact_bytes(data)
-                if clean != data:
-                    self._put(path, clean)
-                    changed += 1
-            for name in (*files, *dirs):
-                changed += self._scrub_name(Path(dirpath), name)
-        return changed
-
-    def _scrub_name(self, parent: Path, name: str) -> int:
-        """Rename ``parent/name`` when its name holds a secret (never over another entry)."""
-        clean = self._redactor.redact_name(name)
-        if clean == name:
-            return 0
-        target, n = parent / clean, 0
-        while os.path.lexists(target):
-            n += 1
-            target = parent / f"{clean}.{n}"
-        os.rename(parent / name, target)  # renames a link itself, never what it points at
-        return 1
-
-    def _scrub_large(self, path: Path) -> int:
-        """Redact a big file in bounded memory: chunks overlapping by the longest secret."""
-        overlap = self._redactor.longest_secret_bytes() + 64
-        tmp = path.with_name(f".{path.name[:64]}.{secrets.token_hex(4)}.scrub")
-        found = False
-        with open(path, "rb") as src, open(tmp, "xb") as dst:  # x: a new name, never a link
-            carry = b""
-            while chunk := src.read(SCRUB_CHUNK_BYTES):
-                data = carry + chunk
-                clean = self.redact_bytes(data)
-                found = found or clean != data
-                # Keep the tail back: a secret may straddle the next chunk boundary.
-                cut = max(0, len(clean) - overlap)
-                dst.write(clean[:cut])
-                carry = clean[cut:]
-            dst.write(self.redact_bytes(carry))
-        if found:
-            os.replace(tmp, path)
-        else:
-            tmp.unlink()
-        return int(found)
+        return scrub_files(self._dir(root), self._redactor, self._put)
 
     def event(self, kind: str, **fields: object) -> None:
         """Append one redacted JSON line to events.jsonl (one ``write`` call, under a lock).
@@ -455,7 +316,7 @@ class RunDir:
         if index < 0 or attempt < 0:
             raise ValueError(f"index and attempt count from 0, got {index}, {attempt}")
         base = self._dir(dir)
-        stem = f"{stage}_cmd{index + 1:02d}_try{attempt + 1:02d}"
+        stem = command_stem(stage, index, attempt)
         outcome = {
             "rc": result.exit_code,
             "timed_out": result.timed_out,
