@@ -156,6 +156,7 @@ def check_member_kind(name: str, kind: str, link_target: str = "") -> None:
 MAX_SKIPPED_BYTES = 256 * 1024 * 1024
 """A streamed pull stops reading once this much was left behind (files over a cap are
 still read past in a tar stream): the rest of the archive is named as not read."""
+NO_CAPS = CopyLimits()
 
 
 def _strip(name: str, strip_top: bool) -> str | None:
@@ -171,9 +172,7 @@ def safe_extract(
     dest: Path,
     *,
     strip_top: bool = False,
-    max_file_bytes: int | None = None,
-    max_total_bytes: int | None = None,
-    max_entries: int | None = None,
+    limits: CopyLimits = NO_CAPS,
 ) -> list[str]:
     """Extract a tar (read as a stream) into the new folder ``dest``; return names written.
 
@@ -186,7 +185,6 @@ def safe_extract(
         FileExistsError: ``dest`` exists (a copy never writes into an earlier one).
         UnsafeArchive: see ``check_member``.
     """
-    limits = CopyLimits(max_file_bytes, max_total_bytes, max_entries)
     tree = HostTree(dest, limits)
     try:
         skipped = 0

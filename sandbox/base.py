@@ -1,19 +1,25 @@
-"""The sandbox protocol: the one surface the runner uses to execute target code.
+"""The sandbox base class: the one surface the runner uses to execute target code.
 
 Small on purpose (inspect_ai keeps its base to four methods): ``exec`` returns data
-for every exit code, and raises only when the infrastructure failed.
+for every exit code, and raises only when the infrastructure failed. An abstract class
+rather than a protocol, so that ``exec`` and ``pull`` handle their arguments once for
+every backend.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, runtime_checkable
+from typing import IO, Any, Literal, Self
 
+from .copyout import CopyLimits
 from .disk import parse_size
+from .errors import SandboxClosed
+from .output import OutputCallback, OutputSink
 
 DEFAULT_OUTPUT_LIMIT = 1_000_000
 """Bytes of stdout (and of stderr) kept in memory per exec; the rest is counted, not kept."""
@@ -116,21 +122,41 @@ class SandboxSpec:
     setuptools-scm read it, and the container's copy can never write the host's."""
 
 
-@runtime_checkable
-class Sandbox(Protocol):
-    """A place where target commands run. Open with ``open_sandbox(spec)``; close is idempotent."""
+@dataclass(frozen=True)
+class ExecOptions:
+    """One ``Sandbox.exec`` call's settings, as a backend's ``_exec`` receives them."""
+
+    env: Mapping[str, str]
+    cwd: str | None
+    timeout: float | None
+    output_limit: int
+    stream_to: Path | None
+    on_output: OutputCallback | None
+
+    def sink(self) -> OutputSink:
+        """The capped (and, if asked, streamed) capture of this exec's output."""
+        return OutputSink(self.output_limit, self.stream_to, self.on_output)
+
+
+class Sandbox(abc.ABC):
+    """A place where target commands run. Open with ``open_sandbox(spec)``; close is idempotent.
+
+    ``exec`` and ``pull`` are template methods: the arguments and the closed check are
+    handled here once, and a backend implements ``_exec`` and ``_pull``.
+    """
 
     workspace: str
     sandbox_id: str
+    _closed: bool = False
 
     @property
+    @abc.abstractmethod
     def llm_address(self) -> tuple[str, int] | None:
         """Where stages reach the model endpoint under the ``llm`` policy (None: no endpoint)."""
-        ...
 
+    @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """What the run dir's ``sandbox.json`` records (backend, image, limits, network)."""
-        ...
 
     def exec(
         self,
@@ -141,7 +167,7 @@ class Sandbox(Protocol):
         timeout: float | None = None,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
         stream_to: Path | None = None,
-        on_output: Callable[[int, bytes], None] | None = None,
+        on_output: OutputCallback | None = None,
     ) -> ExecResult:
         """Run ``command`` with ``sh -c`` semantics; kill the whole process tree on timeout.
 
@@ -149,19 +175,30 @@ class Sandbox(Protocol):
         there while it runs (memory stays capped at ``output_limit``).
         ``on_output``: called with (1 or 2, bytes) as output arrives, for live progress;
         an exception there stops the calls, never the command.
-        """
-        ...
 
+        Raises:
+            SandboxClosed: the sandbox is closed.
+        """
+        self._check_open()
+        opts = ExecOptions(env or {}, cwd, timeout, output_limit, stream_to, on_output)
+        return self._exec(command, opts)
+
+    @abc.abstractmethod
+    def _exec(self, command: str, opts: ExecOptions) -> ExecResult:
+        """``exec`` on a sandbox known to be open."""
+
+    @abc.abstractmethod
     def set_network(self, policy: NetworkPolicy) -> None: ...
 
+    @abc.abstractmethod
     def read_file(self, path: str, limit: int = DEFAULT_OUTPUT_LIMIT) -> bytes:
         """Return at most ``limit`` bytes of ``path`` (relative to the workspace or absolute).
 
         Raises:
             FileNotFoundError: the file does not exist (or is not a regular file).
         """
-        ...
 
+    @abc.abstractmethod
     def open_file(self, path: str) -> AbstractContextManager[IO[bytes]]:
         """Open ``path`` for reading, streamed: for files too big to copy out or read whole.
 
@@ -170,8 +207,8 @@ class Sandbox(Protocol):
         Raises:
             FileNotFoundError: the file does not exist (or is not a regular file).
         """
-        ...
 
+    @abc.abstractmethod
     def push(self, host_path: Path, sandbox_path: str) -> None: ...
 
     def pull(
@@ -199,11 +236,25 @@ class Sandbox(Protocol):
                 link escaping; a single path that is a link; a taken file name.
             FileNotFoundError: ``sandbox_path`` does not exist.
             FileExistsError: ``host_path`` exists and ``sandbox_path`` is a folder.
+            SandboxClosed: the sandbox is closed.
         """
-        ...
+        self._check_open()
+        limits = CopyLimits(max_file_bytes, max_total_bytes, max_entries)
+        return self._pull(sandbox_path, Path(host_path), limits)
 
+    @abc.abstractmethod
+    def _pull(self, sandbox_path: str, host_path: Path, limits: CopyLimits) -> list[str]:
+        """``pull`` from a sandbox known to be open."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> Sandbox: ...
+    def __enter__(self) -> Self:
+        return self
 
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxClosed(f"sandbox {self.sandbox_id} is closed")

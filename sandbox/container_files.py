@@ -115,14 +115,7 @@ class ContainerFiles:
             return [name]
         with ChunkStream(chunks) as raw, io.BufferedReader(raw, 1 << 20) as stream:
             if is_dir:
-                return safe_extract(
-                    stream,
-                    host_path,
-                    strip_top=True,
-                    max_file_bytes=limits.max_file_bytes,
-                    max_total_bytes=limits.max_total_bytes,
-                    max_entries=limits.max_entries,
-                )
+                return safe_extract(stream, host_path, strip_top=True, limits=limits)
             return extract_single(stream, host_path, limits)
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from .archive import check_member_kind
 from .copyout import CopyLimits, HostTree, copy_single
 from .errors import UnsafeArchive
+from .host_write import DIR_FLAGS, open_dirs_beneath
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -31,16 +31,11 @@ def _parts(rel: str) -> list[str]:
 
 
 def _open_dir(root: Path, parts: list[str]) -> int:
-    fd = os.open(root, _DIR_FLAGS)
+    root_fd = os.open(root, DIR_FLAGS)
     try:
-        for part in parts:
-            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
+        return open_dirs_beneath(root_fd, parts, create=False)
+    finally:
+        os.close(root_fd)
 
 
 def open_beneath(root: Path, rel: str) -> int:
@@ -116,7 +111,7 @@ def copy_beneath(root: Path, rel: str, dest: Path, limits: CopyLimits) -> list[s
     """
     parts = _parts(rel)
     try:
-        parent_fd = _open_dir(root, parts[:-1]) if parts else os.open(root, _DIR_FLAGS)
+        parent_fd = _open_dir(root, parts[:-1]) if parts else os.open(root, DIR_FLAGS)
     except OSError as exc:
         raise FileNotFoundError(rel) from exc
     entries: list[Entry] = []  # (path under rel, kind, link target, size)
@@ -132,7 +127,7 @@ def copy_beneath(root: Path, rel: str, dest: Path, limits: CopyLimits) -> list[s
             if kind != "file":
                 raise UnsafeArchive(rel, "a link: links are never copied to the host")
             return [_copy_one(root, rel, dest, size, limits)]
-        _collect(os.open(name, _DIR_FLAGS, dir_fd=parent_fd), "", entries)
+        _collect(os.open(name, DIR_FLAGS, dir_fd=parent_fd), "", entries)
     finally:
         os.close(parent_fd)
     tree = HostTree(dest, limits)
@@ -175,7 +170,7 @@ def _collect(dir_fd: int, prefix: str, entries: list[Entry], depth: int = 0) -> 
             path = posixpath.join(prefix, name) if prefix else name
             if stat.S_ISDIR(st.st_mode):
                 entries.append((path, "dir", "", 0))
-                _collect(os.open(name, _DIR_FLAGS, dir_fd=dir_fd), path, entries, depth + 1)
+                _collect(os.open(name, DIR_FLAGS, dir_fd=dir_fd), path, entries, depth + 1)
             else:
                 _collect_entry(dir_fd, name, path, st, entries)
     finally:

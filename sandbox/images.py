@@ -1,10 +1,9 @@
 """Ensure the default sandbox image exists, building it offline when needed.
 
-No container registry is reachable on the machines we target, so the base is made from
-a Debian rootfs (``debootstrap --variant=minbase``) fetched from the mirror the host's
-own apt uses, imported as an image, and finished by ``images/base/Dockerfile``.
-Tags are content hashes of the inputs: an unchanged input is an instant cache hit and
-a changed one rebuilds. A user may name any other local image instead.
+No container registry is reachable on the machines we target, so the base is built
+from a Debian rootfs (``image_build.py``). Tags are content hashes of the inputs: an
+unchanged input is an instant cache hit and a changed one rebuilds. A user may name
+any other local image instead. Listing and pruning old base images is here too.
 """
 
 from __future__ import annotations
@@ -12,12 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
-import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,26 +19,23 @@ from typing import Any
 
 import docker.errors
 
-from .engine import (
-    IMAGE_LABEL_KIND,
-    LABEL_KIND,
-    LEGACY_IMAGE_KIND,
-    blank_session_labels,
-    engine_errors,
-    get_client,
-    image_labels,
+from .engine import IMAGE_LABEL_KIND, LABEL_KIND, LEGACY_IMAGE_KIND, engine_errors, get_client
+from .errors import SandboxError
+from .image_build import (
+    ROOTFS_REPO,
+    SUITE,
+    VARIANT,
+    Progress,
+    build_from_dockerfile,
+    build_rootfs,
+    host_apt_conf,
 )
-from .errors import ImageBuildError, SandboxError
+from .image_build import image_exists as image_exists
 
-SUITE = "bookworm"
-VARIANT = "minbase"
-ROOTFS_REPO = "fsm-runner/rootfs"
 BASE_REPO = "fsm-runner/base"
 BUILDER_VERSION = "2"
 """Bump when the build procedure changes in a way the hashed inputs do not show.
 2: image labels only (``fsm-runner.image.kind``), no session keys (issue 15 item 3)."""
-
-Progress = Callable[[str], None]
 
 
 def _default_progress(msg: str) -> None:
@@ -65,58 +56,17 @@ def cache_dir() -> Path:
     return path
 
 
-def host_apt_mirror(suite: str = SUITE) -> str:
-    """The Debian mirror the host's apt already uses for ``suite`` (never hard-coded).
-
-    Raises:
-        ImageBuildError: no apt source names the suite.
-    """
-    sources: list[Path] = []
-    if Path("/etc/apt/sources.list").is_file():
-        sources.append(Path("/etc/apt/sources.list"))
-    src_dir = Path("/etc/apt/sources.list.d")
-    if src_dir.is_dir():
-        sources.extend(sorted(src_dir.glob("*.sources")) + sorted(src_dir.glob("*.list")))
-    for path in sources:
-        text = path.read_text(errors="replace")
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields = _deb822_fields(stanza)
-                suites = fields.get("suites", "").split()
-                if suite in suites and "deb" in fields.get("types", "").split():
-                    uris = fields.get("uris", "").split()
-                    if uris:
-                        return uris[0]
-        else:
-            for line in text.splitlines():
-                m = re.match(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
-                if m and m.group(2) == suite:
-                    return m.group(1)
-    raise ImageBuildError(f"{ROOTFS_REPO}", "find mirror", f"no apt source for suite {suite!r}")
-
-
-def _deb822_fields(stanza: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in stanza.splitlines():
-        if line.startswith("#") or ":" not in line or line[:1].isspace():
-            continue
-        key, _, value = line.partition(":")
-        fields[key.strip().lower()] = value.strip()
-    return fields
-
-
-def host_apt_conf() -> dict[str, bytes]:
-    """Host apt.conf.d snippets the mirror needs inside the image (validity/date checks)."""
-    wanted: dict[str, bytes] = {}
-    conf_dir = Path("/etc/apt/apt.conf.d")
-    if conf_dir.is_dir():
-        for path in sorted(conf_dir.iterdir()):
-            if not path.is_file():
-                continue
-            data = path.read_bytes()
-            if re.search(rb"Check-Valid-Until|Check-Date|Acquire::.*Proxy", data, re.I):
-                wanted[path.name] = data
-    return wanted
+@contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold the lock file ``name`` under ``cache_dir()`` (flock): one process at a time."""
+    lock_path = cache_dir() / name
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _digest(*parts: bytes) -> str:
@@ -148,30 +98,6 @@ def default_image_tag() -> str:
     for name, data in sorted(_context_files().items()):
         parts += [name.encode(), data]
     return f"{BASE_REPO}:{_digest(*parts)}"
-
-
-def image_exists(tag: str) -> bool:
-    client = get_client()
-    try:
-        with engine_errors(f"inspect image {tag}"):
-            client.images.get(tag)
-    except SandboxError as exc:
-        if isinstance(exc.__cause__, docker.errors.ImageNotFound):
-            return False
-        raise
-    return True
-
-
-@contextmanager
-def _build_lock() -> Iterator[None]:
-    """Serialise builds across processes: two sessions must not debootstrap at once."""
-    lock_path = cache_dir() / "image-build.lock"
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def ensure_image(image: str | None = None, *, progress: Progress | None = None) -> str:
@@ -208,118 +134,15 @@ def _ensure(image: str | None, say: Progress) -> str:
     tag = default_image_tag()
     if image_exists(tag):
         return tag
-    with _build_lock():
+    # Two sessions must not debootstrap at once.
+    with cache_lock("image-build.lock"):
         if image_exists(tag):  # another process built it while we waited
             return tag
         base = rootfs_tag()
         if not image_exists(base):
-            _build_rootfs(base, say)
-        _build_from_dockerfile(tag, base, say)
+            build_rootfs(base, cache_dir(), say)
+        build_from_dockerfile(tag, base, _context_files(), cache_dir(), say)
     return tag
-
-
-def _build_rootfs(tag: str, say: Progress) -> None:
-    if os.geteuid() != 0:
-        raise ImageBuildError(
-            tag, "debootstrap", "building the base rootfs needs root (run: make image)"
-        )
-    if shutil.which("debootstrap") is None:
-        raise ImageBuildError(
-            tag, "debootstrap", "debootstrap is not installed (apt-get install -y debootstrap)"
-        )
-    mirror = host_apt_mirror()
-    say(
-        f"building base rootfs {tag}: debootstrap --variant={VARIANT} {SUITE} from {mirror} (about a minute)"
-    )
-    work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=cache_dir()))
-    started = time.monotonic()
-    try:
-        rootfs = work / "rootfs"
-        _run_logged(
-            ["debootstrap", f"--variant={VARIANT}", SUITE, str(rootfs), mirror],
-            tag,
-            "debootstrap",
-            say,
-        )
-        conf_dir = rootfs / "etc/apt/apt.conf.d"
-        for name, data in host_apt_conf().items():
-            (conf_dir / name).write_bytes(data)
-        shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
-        (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-        tarball = work / "rootfs.tar"
-        _run_logged(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], tag, "tar", say)
-        say(f"importing rootfs ({tarball.stat().st_size / 1e6:.0f} MB) as {tag}")
-        repo, _, ver = tag.partition(":")
-        changes = [f'LABEL {k}="{v}"' for k, v in image_labels("rootfs").items()]
-        client = get_client()
-        with engine_errors(f"import {tag}"):
-            client.api.import_image_from_file(
-                str(tarball), repository=repo, tag=ver, changes=changes
-            )
-        say(f"rootfs image ready in {time.monotonic() - started:.0f}s")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _run_logged(cmd: list[str], tag: str, step: str, say: Progress) -> None:
-    tail: list[str] = []
-    last_report = time.monotonic()
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail = [*tail[-19:], line.rstrip()]
-            if time.monotonic() - last_report > 5:
-                say(f"  {step}: {line.strip()[:120]}")
-                last_report = time.monotonic()
-        rc = proc.wait()
-    if rc != 0:
-        raise ImageBuildError(tag, step, "\n".join(tail))
-
-
-def _base_labels(client: Any, rootfs: str) -> dict[str, str]:
-    """Image labels of the base; any session key the rootfs carries is blanked."""
-    with engine_errors(f"inspect image {rootfs}"):
-        inherited = dict(client.images.get(rootfs).labels or {})
-    return blank_session_labels(inherited, image_labels("base"))
-
-
-def _build_from_dockerfile(tag: str, base: str, say: Progress) -> None:
-    say(f"building {tag} from {base} (apt-get install python3, git, ...)")
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ctx-", dir=cache_dir()) as ctx:
-        for name, data in _context_files().items():
-            dest = Path(ctx) / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
-        (Path(ctx) / "apt.conf.d").mkdir(exist_ok=True)
-        client = get_client()
-        tail: list[str] = []
-        with engine_errors(f"build {tag}"):
-            stream = client.api.build(
-                path=ctx,
-                tag=tag,
-                buildargs={"BASE": base},
-                labels=_base_labels(client, base),
-                rm=True,
-                forcerm=True,
-                decode=True,
-                network_mode="bridge",
-            )
-            last_report = 0.0
-            for chunk in stream:
-                if "error" in chunk:
-                    raise ImageBuildError(
-                        tag, "docker build", "\n".join([*tail, str(chunk["error"])])
-                    )
-                line = str(chunk.get("stream", "")).rstrip()
-                if line:
-                    tail = [*tail[-19:], line]
-                    if line.startswith("Step ") or time.monotonic() - last_report > 5:
-                        say(f"  {line[:120]}")
-                        last_report = time.monotonic()
-    if not image_exists(tag):
-        raise ImageBuildError(tag, "docker build", "\n".join(tail))
-    say(f"image {tag} ready in {time.monotonic() - started:.0f}s")
 
 
 # -- listing and pruning ------------------------------------------------------------

@@ -18,19 +18,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from . import procs
 from .archive import extract_single, pack_path, safe_extract
-from .base import DEFAULT_OUTPUT_LIMIT, ExecResult, NetworkPolicy, SandboxSpec
+from .base import DEFAULT_OUTPUT_LIMIT, ExecOptions, ExecResult, NetworkPolicy, Sandbox, SandboxSpec
 from .copyout import CopyLimits
-from .errors import SandboxClosed, SandboxError
-from .output import OutputCallback, OutputSink
+from .errors import SandboxError
 
 
-class LocalSandbox:
+class LocalSandbox(Sandbox):
     """Runs commands as host processes in a private copy of the workspace."""
 
     def __init__(self, spec: SandboxSpec) -> None:
@@ -68,21 +67,11 @@ class LocalSandbox:
             "network": self.network.value,
         }
 
-    def __enter__(self) -> LocalSandbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         shutil.rmtree(self._root, ignore_errors=True)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SandboxClosed(f"sandbox {self.sandbox_id} is closed")
 
     def _path(self, path: str) -> Path:
         p = PurePosixPath(path)
@@ -92,22 +81,11 @@ class LocalSandbox:
         self._check_open()
         self.network = NetworkPolicy(policy)
 
-    def exec(
-        self,
-        command: str,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        output_limit: int = DEFAULT_OUTPUT_LIMIT,
-        stream_to: Path | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> ExecResult:
-        self._check_open()
+    def _exec(self, command: str, opts: ExecOptions) -> ExecResult:
         marker = uuid.uuid4().hex
-        full_env = {**os.environ, **dict(self.spec.env), **(env or {}), procs.MARKER_VAR: marker}
-        workdir = self._path(cwd) if cwd else Path(self.workspace)
-        sink = OutputSink(output_limit, stream_to, on_output)
+        full_env = {**os.environ, **dict(self.spec.env), **opts.env, procs.MARKER_VAR: marker}
+        workdir = self._path(opts.cwd) if opts.cwd else Path(self.workspace)
+        sink = opts.sink()
         lock = threading.Lock()
         started = time.monotonic()
         try:
@@ -138,7 +116,7 @@ class LocalSandbox:
             t.start()
         timed_out = False
         try:
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=opts.timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             self._kill_tree(proc.pid, marker)
@@ -212,28 +190,11 @@ class LocalSandbox:
         else:
             shutil.copy2(src, dest, follow_symlinks=False)
 
-    def pull(
-        self,
-        sandbox_path: str,
-        host_path: Path,
-        *,
-        max_file_bytes: int | None = None,
-        max_total_bytes: int | None = None,
-        max_entries: int | None = None,
-    ) -> list[str]:
-        self._check_open()
+    def _pull(self, sandbox_path: str, host_path: Path, limits: CopyLimits) -> list[str]:
         src = self._path(sandbox_path)
         if not src.exists() and not src.is_symlink():
             raise FileNotFoundError(str(src))
-        limits = CopyLimits(max_file_bytes, max_total_bytes, max_entries)
         with pack_path(src, src.name, keep_special=True) as archive:
             if src.is_dir() and not src.is_symlink():
-                return safe_extract(
-                    archive,
-                    Path(host_path),
-                    strip_top=True,
-                    max_file_bytes=max_file_bytes,
-                    max_total_bytes=max_total_bytes,
-                    max_entries=max_entries,
-                )
-            return extract_single(archive, Path(host_path), limits)
+                return safe_extract(archive, host_path, strip_top=True, limits=limits)
+            return extract_single(archive, host_path, limits)

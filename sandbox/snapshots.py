@@ -12,7 +12,6 @@ was last started from.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tarfile
 import tempfile
@@ -40,7 +39,7 @@ from .engine import (
     image_labels,
 )
 from .errors import SandboxError
-from .images import cache_dir
+from .images import cache_dir, cache_lock
 
 __all__ = [
     "DEFAULT_MAX_SNAPSHOT_BYTES",
@@ -148,14 +147,8 @@ def find_snapshot(key: str) -> str | None:
 @contextmanager
 def snapshot_lock(key: str) -> Iterator[None]:
     """Serialise commits of one key across processes: one commits, the others see it."""
-    locks = cache_dir() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"bootstrap-{key}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with cache_lock(f"locks/bootstrap-{key}.lock"):
+        yield
 
 
 def commit_snapshot(

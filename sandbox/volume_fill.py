@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .archive import _excluded as excluded
 from .errors import SandboxError
+from .host_write import DIR_FLAGS, open_dirs_beneath
 
 COPY_WORKERS = 4
 """Threads copying files; on 2 cores 4 keep both busy while others wait on the disk."""
@@ -40,7 +41,6 @@ COPY_WORKERS = 4
 _MAX_PENDING = 64
 """Directory batches queued at once (each holds one descriptor until it is copied)."""
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 30
 
@@ -57,7 +57,7 @@ def copy_tree(
         OSError: a file cannot be read or written.
     """
     exclude = tuple(exclude)
-    root_fd = os.open(dest, _DIR_FLAGS)
+    root_fd = os.open(dest, DIR_FLAGS)
     pending = threading.BoundedSemaphore(_MAX_PENDING)
     futures: list[Future[None]] = []
     try:
@@ -82,19 +82,13 @@ def copy_tree(
 
 def _open_dir(root_fd: int, rel: str) -> int:
     """``rel`` under the volume root, each component opened without following links."""
-    fd = os.dup(root_fd)
-    for part in rel.split("/") if rel else ():
-        try:
-            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-        except OSError as exc:  # ELOOP / ENOTDIR: something else than our directory
-            raise SandboxError(
-                f"workspace volume: {rel!r} is not a plain directory ({exc.strerror}); "
-                "refusing to copy through it"
-            ) from exc
-        finally:
-            os.close(fd)
-        fd = child
-    return fd
+    try:
+        return open_dirs_beneath(root_fd, rel.split("/") if rel else [], create=False)
+    except OSError as exc:  # ELOOP / ENOTDIR: something else than our directory
+        raise SandboxError(
+            f"workspace volume: {rel!r} is not a plain directory ({exc.strerror}); "
+            "refusing to copy through it"
+        ) from exc
 
 
 def _copy_entries(
