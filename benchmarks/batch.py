@@ -20,9 +20,7 @@ both and records them (it reports, it does not gate: the exit code stays 0).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -38,11 +36,14 @@ from sandbox.images import ensure_image
 
 from .common import (
     Comparison,
-    Stats,
     machine_facts,
     print_comparisons,
+    progress,
+    reporting_parser,
+    run_header,
     run_interleaved,
-    save_result,
+    save_payload,
+    stats_of,
 )
 
 NAME = "batch"
@@ -135,7 +136,7 @@ def run_all(n_jobs: int, rounds: int, *, say: Callable[[str], None]) -> dict[str
             checks = _check(sides)
     finally:
         cluster.close()
-    stats = {name: Stats(tuple(t)) for name, t in timings.items()}
+    stats = stats_of(timings)
     serial = stats["pool-1"].median
     scaling = [
         {
@@ -157,10 +158,7 @@ def run_all(n_jobs: int, rounds: int, *, say: Callable[[str], None]) -> dict[str
         notes=("cluster start is outside the timing; the pool's process start is inside",),
     )
     return {
-        "benchmark": NAME,
-        "command": "python -m benchmarks.batch " + " ".join(sys.argv[1:]),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        **run_header(NAME, started),
         "jobs": n_jobs,
         "rounds": rounds,
         "warmup_rounds": 1,
@@ -221,33 +219,24 @@ def _print(payload: dict[str, Any], out: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.batch",
-        description="Batch runner scaling (1/2/4/8 workers) and Dask vs the local pool.",
+    parser = reporting_parser(
+        NAME,
+        "Batch runner scaling (1/2/4/8 workers) and Dask vs the local pool.",
+        quick="smoke run: 8 jobs, 1 round",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 8 jobs, 1 round")
     parser.add_argument("--jobs", type=int, default=None, help=f"default {DEFAULT_JOBS}")
     parser.add_argument("-n", "--rounds", type=int, default=None, help="timed rounds")
-    parser.add_argument("--json", action="store_true", help="print only the saved result path")
-    parser.add_argument("--results-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     n_jobs = args.jobs or (QUICK_JOBS if args.quick else DEFAULT_JOBS)
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
-    out, err = Console(), Console(stderr=True)
-
-    def say(msg: str) -> None:
-        if not args.json:
-            err.print(f"[dim]\\[bench] {msg}[/dim]")
-
-    payload = run_all(n_jobs, rounds, say=say)
-    comparison: Comparison = payload.pop("_comparison")
-    path = save_result(NAME, payload, args.results_dir)
-    if args.json:
-        print(path)
+    payload = run_all(n_jobs, rounds, say=progress(args))
+    path = save_payload(NAME, payload, args)
+    if path is None:
         return 0
+    out = Console()
     _print(payload, out)
     print_comparisons(
-        "Dask LocalCluster vs local pool (same jobs, same workers)", [comparison], out
+        "Dask LocalCluster vs local pool (same jobs, same workers)", [payload["_comparison"]], out
     )
     out.print(f"saved {path}")
     return 0

@@ -11,7 +11,6 @@ least 10x faster). Needs PyPI reachable from the sandbox (bootstrap's egress net
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import uuid
@@ -19,12 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import runner_env
-from benchmarks.common import (
-    Comparison,
-    Stats,
-    report_comparison,
-    run_interleaved,
-)
+from benchmarks.common import Comparison, Stats, parse_runs, report_comparison, run_interleaved
 from sandbox.snapshots import LABEL_SNAPSHOT_KEY, prune_snapshots
 
 NAME = "bootstrap_cache"
@@ -78,11 +72,7 @@ def session(repo: Path) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bootstrap_cache")
-    parser.add_argument("--quick", action="store_true", help="n=2")
-    parser.add_argument("-n", "--runs", type=int, default=None)
-    args = parser.parse_args(argv)
-    n = args.runs or (2 if args.quick else 4)
+    _, n = parse_runs(NAME, argv, quick=2, full=4)
     keys: list[str] = []
     with tempfile.TemporaryDirectory(prefix="fsm-bench-cache-") as tmp:
         base = Path(tmp)

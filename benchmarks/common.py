@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmarks: interleaved runs, robust stats, a table, JSON.
+"""What the benchmarks share: interleaved runs, robust stats, a table, the command line, JSON.
 
 A comparison always runs *both* sides in the same process, round by round (the order
 flips every round), so machine noise and drift hit ours and the baseline alike.
@@ -8,12 +8,14 @@ discarded first (connection pools, page cache, the CLI binary).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -223,11 +225,105 @@ def save_result(name: str, payload: Mapping[str, Any], directory: Path | None = 
     return path
 
 
+def stats_of(timings: Mapping[str, Sequence[float]]) -> dict[str, Stats]:
+    return {name: Stats(tuple(samples)) for name, samples in timings.items()}
+
+
+def command_line(name: str, argv: Sequence[str] | None = None) -> str:
+    """How the benchmark was started (``python -m benchmarks.NAME ...``), for its result."""
+    return " ".join([f"python -m benchmarks.{name}", *(argv or sys.argv[1:])])
+
+
+def run_header(name: str, started: datetime) -> dict[str, Any]:
+    """The head of a result payload: which benchmark, its command line, when it ran."""
+    return {
+        "benchmark": name,
+        "command": command_line(name),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def save_comparisons(
+    name: str,
+    title: str,
+    comps: Sequence[Comparison],
+    *,
+    argv: Sequence[str] | None = None,
+    facts: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Save comparisons with the machine's facts (``facts``, else taken now) and the
+    command line; print their table. The caller prints where it went (``saved PATH``)."""
+    payload = {
+        "command": command_line(name, argv),
+        "machine": facts or machine_facts(),
+        "comparisons": [c.to_dict() for c in comps],
+        **extra,
+    }
+    path = save_result(name, payload)
+    print_comparisons(title, comps)
+    return path
+
+
 def report_comparison(name: str, title: str, comp: Comparison) -> Path:
     """Save one comparison with the machine's facts, print its table and where it went."""
-    path = save_result(name, {"machine": machine_facts(), "comparisons": [comp.to_dict()]})
-    print_comparisons(title, [comp], Console())
+    path = save_comparisons(name, title, [comp])
     print(f"saved {path}")
+    return path
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def parse_runs(
+    name: str, argv: Sequence[str] | None, *, quick: int, full: int, before: str = ""
+) -> tuple[argparse.Namespace, int]:
+    """``python -m benchmarks.NAME [--quick] [-n RUNS]`` (and ``--before REF``, helped by
+    ``before``, when given); the options and the number of timed runs."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}")
+    parser.add_argument("--quick", action="store_true", help=f"n={quick}")
+    parser.add_argument("-n", "--runs", type=int, default=None)
+    if before:
+        parser.add_argument("--before", metavar="REF", help=before)
+    args = parser.parse_args(argv)
+    return args, args.runs or (quick if args.quick else full)
+
+
+def reporting_parser(name: str, description: str, quick: str) -> argparse.ArgumentParser:
+    """``--quick`` (``quick`` says what it runs), ``--json`` and the hidden ``--results-dir``."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", action="store_true", help="print only the saved result path")
+    parser.add_argument("--results-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def add_runs_per_side(parser: argparse.ArgumentParser, warmup: int | None) -> None:
+    """``-n/--runs`` and ``--warmup`` (default ``warmup``), for a two-sided comparison."""
+    parser.add_argument("-n", "--runs", type=int, default=None, help="timed runs per side")
+    parser.add_argument("--warmup", type=int, default=warmup, help="discarded rounds first")
+
+
+def progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """``[bench] ...`` lines on stderr, dimmed; none with ``--json`` (stdout is the path)."""
+    err = Console(stderr=True)
+
+    def say(msg: str) -> None:
+        if not args.json:
+            err.print(f"[dim]\\[bench] {msg}[/dim]")
+
+    return say
+
+
+def save_payload(name: str, payload: Mapping[str, Any], args: argparse.Namespace) -> Path | None:
+    """Save the result but its ``_`` keys (objects for the caller's printing); with
+    ``--json`` print only its path and return None (all is said)."""
+    saved = {key: value for key, value in payload.items() if not key.startswith("_")}
+    path = save_result(name, saved, args.results_dir)
+    if args.json:
+        print(path)
+        return None
     return path
 
 

@@ -22,7 +22,6 @@ against the moments the process was started and reaped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Comparison, Stats, machine_facts, print_comparisons, save_result
+from benchmarks.common import Comparison, Stats, machine_facts, parse_runs, save_comparisons
 
 NAME = "run_process"
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,25 +213,18 @@ def measure(n: int, *, before: str | None, warmup: int = 1) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_process")
-    parser.add_argument("--quick", action="store_true", help="n=3")
-    parser.add_argument("-n", "--runs", type=int, default=None)
-    parser.add_argument("--before", metavar="REF", help="also time this git ref's fsm-runner")
-    args = parser.parse_args(argv)
-    n = args.runs or (3 if args.quick else 12)
+    args, n = parse_runs(NAME, argv, quick=3, full=12, before="also time this git ref's fsm-runner")
     facts = machine_facts()
     measured = measure(n, before=args.before)
     comps: list[Comparison] = measured["comparisons"]
-    path = save_result(
+    path = save_comparisons(
         NAME,
-        {
-            "command": "python -m benchmarks.run_process " + " ".join(argv or sys.argv[1:]),
-            "machine": facts,
-            "comparisons": [c.to_dict() for c in comps],
-            "breakdown_of_median_ours": measured["breakdown"],
-        },
+        f"whole process (median of {n}, interleaved)",
+        comps,
+        argv=argv,
+        facts=facts,
+        breakdown_of_median_ours=measured["breakdown"],
     )
-    print_comparisons(f"whole process (median of {n}, interleaved)", comps)
     print("where the median run of ours went (ms):")
     for row in measured["breakdown"]:
         print(f"  {row['ms']:8.1f}  {row['step']}")

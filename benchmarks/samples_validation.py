@@ -22,7 +22,6 @@ The exit code is 0 even when a target is missed: a benchmark reports, it does no
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import subprocess
@@ -41,10 +40,14 @@ from runner.contract import validate_samples_jsonl
 from .common import (
     Comparison,
     Stats,
+    add_runs_per_side,
     machine_facts,
     print_comparisons,
+    progress,
+    reporting_parser,
+    run_header,
     run_interleaved,
-    save_result,
+    save_payload,
 )
 
 NAME = "samples_validation"
@@ -246,10 +249,7 @@ def run_all(
         },
     }
     return {
-        "benchmark": NAME,
-        "command": " ".join(["python -m benchmarks.samples_validation", *sys.argv[1:]]),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        **run_header(NAME, started),
         "runs_per_side": n,
         "warmup_rounds": warmup,
         "file": {
@@ -335,40 +335,28 @@ def print_summary(payload: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.samples_validation",
-        description="Samples JSONL validation speed and memory (see docs/performance.md).",
+    parser = reporting_parser(
+        NAME,
+        "Samples JSONL validation speed and memory (see docs/performance.md).",
+        quick=f"smoke run: {QUICK_BYTES // MIB} MiB, n={QUICK_RUNS}",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help=f"smoke run: {QUICK_BYTES // MIB} MiB, n={QUICK_RUNS}"
-    )
-    parser.add_argument("-n", "--runs", type=int, default=None, help="timed runs per side")
-    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds first")
+    add_runs_per_side(parser, warmup=1)
     parser.add_argument("--size-mb", type=int, default=None, help="size of the large file, MiB")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where to write the files")
-    parser.add_argument("--json", action="store_true", help="print only the saved result path")
-    parser.add_argument("--results-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     n = args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS)
     total = args.size_mb * MIB if args.size_mb else (QUICK_BYTES if args.quick else FULL_BYTES)
-
-    out = Console()
-    err = Console(stderr=True)
-
-    def say(msg: str) -> None:
-        if not args.json:
-            err.print(f"[dim]\\[bench] {msg}[/dim]")
-
-    payload = run_all(total_bytes=total, n=n, warmup=args.warmup, tmp_dir=args.tmp_dir, say=say)
-    comp: Comparison = payload.pop("_comparison")
-    path = save_result(NAME, payload, args.results_dir)
-    if args.json:
-        print(path)
+    payload = run_all(
+        total_bytes=total, n=n, warmup=args.warmup, tmp_dir=args.tmp_dir, say=progress(args)
+    )
+    path = save_payload(NAME, payload, args)
+    if path is None:
         return 0
+    out = Console()
     print_comparisons(
         f"samples validation (median of {n} per side, interleaved) - "
         f"{payload['machine']['nproc']} CPU, Python {payload['machine']['python']}",
-        [comp],
+        [payload["_comparison"]],
         out,
     )
     print_summary(payload, out)

@@ -12,25 +12,17 @@ Two measurements, each interleaved round by round with its baseline:
   bind-mounted, running ``true``. Target ratio <= 1.2.
 
 A missed target is printed as MISSED and followed by a breakdown of where our time
-goes (each engine HTTP call, the tar packing, the rest); the exit code stays 0.
+goes (``benchmarks/engine_profile.py``); the exit code stays 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
 import random
-import re
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,13 +36,17 @@ from sandbox.images import ensure_image
 from .common import (
     Comparison,
     Stats,
+    add_runs_per_side,
     machine_facts,
     print_breakdown,
     print_comparisons,
+    progress,
+    reporting_parser,
+    run_header,
     run_interleaved,
-    save_result,
-    time_once,
+    save_payload,
 )
+from .engine_profile import profile_exec_true, profile_open_close
 
 NAME = "sandbox_overhead"
 TARGET_EXEC_TRUE = 1.0
@@ -276,154 +272,6 @@ def measure_open_close(
     )
 
 
-# -- where the time goes -----------------------------------------------------------------
-
-_API_PREFIX = re.compile(r"^.*?//[^/]+(/v\d+(\.\d+)?)?")
-_HEX_ID = re.compile(r"/[0-9a-f]{64}")
-_IMAGE_REF = re.compile(r"^/images/.+/json$")
-
-
-def engine_step(method: str, url: str) -> str:
-    """``POST /containers/{id}/start`` from a docker SDK request (method + full URL)."""
-    path = _API_PREFIX.sub("", url.split("?", 1)[0])
-    path = _HEX_ID.sub("/{id}", path)
-    if _IMAGE_REF.match(path):
-        path = "/images/{ref}/json"
-    path = re.sub(r"^/containers/fsm-[0-9a-f]+", "/containers/{name}", path)
-    return f"{method} {path}"
-
-
-@dataclass
-class CallTracer:
-    """Per-run wall time of each engine HTTP call and of named client-side phases."""
-
-    runs: list[dict[str, list[float]]] = field(default_factory=list)
-    totals: list[float] = field(default_factory=list)
-
-    def record(self, step: str, seconds: float) -> None:
-        if self.runs:
-            self.runs[-1].setdefault(step, []).append(seconds)
-
-    def run(self, fn: Callable[[], object]) -> None:
-        self.runs.append({})
-        self.totals.append(time_once(fn))
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per step (median over runs of that step's per-run sum), plus the rest."""
-        steps: dict[str, list[float]] = defaultdict(list)
-        counts: dict[str, int] = defaultdict(int)
-        remainders: list[float] = []
-        for run, total in zip(self.runs, self.totals, strict=True):
-            remainders.append(total - sum(sum(v) for v in run.values()))
-            for step, values in run.items():
-                steps[step].append(sum(values))
-                counts[step] += len(values)
-        runs = max(1, len(self.runs))
-        total_median = statistics.median(self.totals) if self.totals else 0.0
-        rows: list[dict[str, Any]] = [
-            {
-                "step": step,
-                "calls_per_run": counts[step] / runs,
-                "median_ms": statistics.median(values + [0.0] * (runs - len(values))) * 1000,
-            }
-            for step, values in steps.items()
-        ]
-        rows.sort(key=lambda r: -float(r["median_ms"]))
-        rows.append(
-            {
-                "step": "everything else (client-side Python between the calls)",
-                "calls_per_run": None,
-                "median_ms": statistics.median(remainders) * 1000 if remainders else 0.0,
-            }
-        )
-        rows.append(
-            {"step": "TOTAL (median)", "calls_per_run": None, "median_ms": total_median * 1000}
-        )
-        for row in rows:
-            row["share"] = row["median_ms"] / (total_median * 1000) if total_median else 0.0
-            row["median_ms"] = round(float(row["median_ms"]), 2)
-        return rows
-
-
-def _timed(tracer: CallTracer, step: Callable[..., str], fn: Callable[..., Any]) -> Any:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            tracer.record(step(*args, **kwargs), time.perf_counter() - started)
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def trace_engine_calls(tracer: CallTracer) -> Iterator[CallTracer]:
-    """Time every docker SDK HTTP call and our tar packing / exec stream reading.
-
-    Instrumentation only (wraps, then restores): nothing the sandbox does changes.
-    """
-    import docker.api.client as api_client
-
-    import sandbox.docker as sandbox_docker
-
-    patches: list[tuple[Any, str, Any]] = []
-
-    def patch(owner: Any, attr: str, step: Callable[..., str]) -> None:
-        original = getattr(owner, attr)
-        patches.append((owner, attr, original))
-        setattr(owner, attr, _timed(tracer, step, original))
-
-    try:
-        for attr in ("_get", "_post", "_put", "_delete"):
-            method = attr[1:].upper()
-            patch(
-                api_client.APIClient,
-                attr,
-                lambda _self, url, *a, _m=method, **k: engine_step(_m, str(url)),
-            )
-        patch(sandbox_docker, "pack_dir", lambda *a, **k: "client: pack_dir (build workspace tar)")
-        patch(
-            sandbox_docker.DockerSandbox,
-            "_pump",
-            lambda *a, **k: "client: read exec output stream (_pump, until EOF)",
-        )
-        yield tracer
-    finally:
-        for owner, attr, original in reversed(patches):
-            setattr(owner, attr, original)
-
-
-def profile_exec_true(n: int, *, image: str) -> dict[str, Any]:
-    """Where ``exec("true")`` spends its time, call by call."""
-    tracer = CallTracer()
-    with open_sandbox(SandboxSpec(image=image)) as sb:
-        sb.exec("true")
-        with trace_engine_calls(tracer):
-            for _ in range(n):
-                tracer.run(lambda: sb.exec("true"))
-    return {"runs": n, "steps": tracer.rows()}
-
-
-def profile_open_close(n: int, *, image: str, repo: Path | None = None) -> dict[str, Any]:
-    """Where open+close spends its time, call by call; plus the same with a bind mount."""
-    tracer = CallTracer()
-    with _repo_or_temp(repo) as src:
-        spec = SandboxSpec(workspace_src=src, image=image)
-        bind = SandboxSpec(workspace_src=src, image=image, workspace_mode="bind")
-        open_sandbox(spec).close()
-        with trace_engine_calls(tracer):
-            for _ in range(n):
-                tracer.run(lambda: open_sandbox(spec).close())
-        bind_times = [time_once(lambda: open_sandbox(bind).close()) for _ in range(n)]
-    return {
-        "runs": n,
-        "steps": tracer.rows(),
-        "bind_mode_median_ms": round(statistics.median(bind_times) * 1000, 2),
-        "bind_mode_note": "same open+close with workspace_mode='bind' (no copy), untraced",
-    }
-
-
 # -- command line ----------------------------------------------------------------------
 
 
@@ -458,10 +306,7 @@ def run_all(
                 else:
                     profiles[comp.name] = profile_open_close(prof_n, image=tag, repo=repo)
     return {
-        "benchmark": NAME,
-        "command": "python -m benchmarks.sandbox_overhead " + " ".join(sys.argv[1:]),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        **run_header(NAME, started),
         "runs_per_side": n,
         "warmup_rounds": warmup,
         "image": tag,
@@ -474,39 +319,27 @@ def run_all(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.sandbox_overhead",
-        description="Docker sandbox overhead vs the plain docker CLI (see docs/performance.md).",
+    parser = reporting_parser(
+        NAME,
+        "Docker sandbox overhead vs the plain docker CLI (see docs/performance.md).",
+        quick=f"smoke run: n={QUICK_RUNS}",
     )
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: n={QUICK_RUNS}")
-    parser.add_argument("-n", "--runs", type=int, default=None, help="timed runs per side")
-    parser.add_argument("--warmup", type=int, default=None, help="discarded rounds first")
-    parser.add_argument("--json", action="store_true", help="print only the saved result path")
+    add_runs_per_side(parser, warmup=None)
     parser.add_argument(
         "--profile",
         choices=("missed", "always", "never"),
         default="missed",
         help="per-call breakdown of our side (default: for measurements that miss their target)",
     )
-    parser.add_argument("--results-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     n = args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-
-    out = Console()
-    err = Console(stderr=True)
-
-    def say(msg: str) -> None:
-        if not args.json:
-            err.print(f"[dim]\\[bench] {msg}[/dim]")
-
-    payload = run_all(n, warmup=warmup, profile=args.profile, say=say)
-    comparisons: list[Comparison] = payload.pop("_comparisons")
-    path = save_result(NAME, payload, args.results_dir)
-    if args.json:
-        print(path)
+    payload = run_all(n, warmup=warmup, profile=args.profile, say=progress(args))
+    path = save_payload(NAME, payload, args)
+    if path is None:
         return 0
-
+    comparisons: list[Comparison] = payload["_comparisons"]
+    out = Console()
     machine = payload["machine"]
     engine = machine.get("engine", {})
     print_comparisons(

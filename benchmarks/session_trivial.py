@@ -10,7 +10,6 @@ with ``bash`` directly on the host, in a copy of the repo. Target ratio <= 1.5.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -19,12 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import runner_env
-from benchmarks.common import (
-    Comparison,
-    Stats,
-    report_comparison,
-    run_interleaved,
-)
+from benchmarks.common import Comparison, Stats, parse_runs, report_comparison, run_interleaved
 from runner.contract import load_bootstrap
 
 NAME = "session_trivial"
@@ -73,11 +67,7 @@ def host(base: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.session_trivial")
-    parser.add_argument("--quick", action="store_true", help="n=3")
-    parser.add_argument("-n", "--runs", type=int, default=None)
-    args = parser.parse_args(argv)
-    n = args.runs or (3 if args.quick else 10)
+    _, n = parse_runs(NAME, argv, quick=3, full=10)
     with tempfile.TemporaryDirectory(prefix="fsm-bench-") as tmp:
         base = Path(tmp)
         timings = run_interleaved(

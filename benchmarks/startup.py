@@ -25,7 +25,6 @@ copy (pip compiles on install); without a cache every import compiles its source
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Comparison, Stats, print_comparisons, run_interleaved, save_result
+from benchmarks.common import Comparison, parse_runs, run_interleaved, save_comparisons, stats_of
 from benchmarks.run_process import export_ref
 
 NAME = "startup"
@@ -84,7 +83,7 @@ def measure(
     cpu: dict[str, list[float]] = {name: [] for name in commands}
     sides = {name: _timed(cmd, cpu[name], envs[name]) for name, cmd in commands.items()}
     timings = run_interleaved(sides, n, warmup=warmup)
-    stats = {name: Stats(tuple(t)) for name, t in timings.items()}
+    stats = stats_of(timings)
     cpu_ms = {
         name: round(sorted(values[warmup:])[len(values[warmup:]) // 2] * 1000, 1)
         for name, values in cpu.items()
@@ -143,29 +142,14 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.startup")
-    parser.add_argument("--quick", action="store_true", help="n=5")
-    parser.add_argument("-n", "--runs", type=int, default=None)
-    parser.add_argument("--before", metavar="REF", help="also time this git ref's commands")
-    args = parser.parse_args(argv)
-    n = args.runs or (5 if args.quick else 20)
+    args, n = parse_runs(NAME, argv, quick=5, full=20, before="also time this git ref's commands")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fsm-bench-startup-") as tmp:
         before = export_ref(args.before, Path(tmp) / "src") if args.before else None
         comparisons, extra = measure(n, before=before)
-    from benchmarks.common import machine_facts
-
-    path = save_result(
-        NAME,
-        {
-            "command": "python -m benchmarks.startup " + " ".join(argv or sys.argv[1:]),
-            "machine": machine_facts(),
-            "elapsed_s": round(time.time() - started, 1),
-            "comparisons": [c.to_dict() for c in comparisons],
-            **extra,
-        },
-    )
-    print_comparisons(f"start-up (median of {n}, interleaved, fresh interpreters)", comparisons)
+    elapsed = round(time.time() - started, 1)
+    title = f"start-up (median of {n}, interleaved, fresh interpreters)"
+    path = save_comparisons(NAME, title, comparisons, argv=argv, elapsed_s=elapsed, **extra)
     for name, fig in extra["absolute"].items():
         verdict = "OK" if fig["met"] else "MISSED"
         print(

@@ -15,7 +15,6 @@ Every run must end all ok, with no container left.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,11 +23,10 @@ from typing import Any
 from benchmarks.batch import _containers, _Recorder, make_jobs
 from benchmarks.common import (
     Comparison,
-    Stats,
     machine_facts,
-    print_comparisons,
     run_interleaved,
-    save_result,
+    save_comparisons,
+    stats_of,
 )
 from sandbox.images import ensure_image
 
@@ -45,7 +43,7 @@ def measure(n_jobs: int, rounds: int) -> tuple[list[Comparison], dict[str, Any]]
             sides[f"warm-{w}"] = _Recorder(jobs, workers=w, warm_pool=True)
             sides[f"cold-{w}"] = _Recorder(jobs, workers=w, warm_pool=False)
         timings = run_interleaved(sides, rounds, warmup=1)
-    stats = {name: Stats(tuple(t)) for name, t in timings.items()}
+    stats = stats_of(timings)
     results = [r for side in sides.values() for run in side.runs for r in run]
     run_ids = {r.run_id for r in results if r.run_id}
     checks = {
@@ -80,16 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_jobs, rounds = (8, 1) if args.quick else (32, 3)
     facts = machine_facts()
     comps, extra = measure(n_jobs, rounds)
-    path = save_result(
-        NAME,
-        {
-            "command": "python -m benchmarks.warm_pool " + " ".join(argv or sys.argv[1:]),
-            "machine": facts,
-            "comparisons": [c.to_dict() for c in comps],
-            **extra,
-        },
-    )
-    print_comparisons(f"{n_jobs} trivial jobs (median of {rounds} rounds, interleaved)", comps)
+    title = f"{n_jobs} trivial jobs (median of {rounds} rounds, interleaved)"
+    path = save_comparisons(NAME, title, comps, argv=argv, facts=facts, **extra)
     print(f"checks: {extra['checks']}")
     print(f"saved {path}")
     return 0

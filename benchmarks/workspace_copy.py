@@ -21,13 +21,11 @@ cache holds the source tree after the warm-up round, for every side alike.
 
 from __future__ import annotations
 
-import argparse
 import os
 import posixpath
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +34,7 @@ from typing import Any
 
 from docker.types import Mount
 
-from benchmarks.common import Comparison, Stats, machine_facts, print_comparisons, save_result
+from benchmarks.common import Comparison, machine_facts, parse_runs, save_comparisons, stats_of
 from sandbox.archive import _excluded
 from sandbox.engine import creator_labels, get_client
 from sandbox.images import ensure_image
@@ -155,7 +153,7 @@ def measure(n: int, warmup: int = 1) -> tuple[list[Comparison], dict[str, Any]]:
                     ct.remove(force=True, v=True)
                 if round_no >= warmup:
                     samples[name].append(elapsed)
-    stats = {name: Stats(tuple(s)) for name, s in samples.items()}
+    stats = stats_of(samples)
     comps = [
         Comparison(
             name="workspace_copy_5000",
@@ -179,23 +177,11 @@ def measure(n: int, warmup: int = 1) -> tuple[list[Comparison], dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.workspace_copy")
-    parser.add_argument("--quick", action="store_true", help="n=3")
-    parser.add_argument("-n", "--runs", type=int, default=None)
-    args = parser.parse_args(argv)
-    n = args.runs or (3 if args.quick else 10)
+    _, n = parse_runs(NAME, argv, quick=3, full=10)
     facts = machine_facts()
     comps, extra = measure(n)
-    path = save_result(
-        NAME,
-        {
-            "command": "python -m benchmarks.workspace_copy " + " ".join(argv or sys.argv[1:]),
-            "machine": facts,
-            "comparisons": [c.to_dict() for c in comps],
-            **extra,
-        },
-    )
-    print_comparisons(f"workspace copy (median of {n}, interleaved)", comps)
+    title = f"workspace copy (median of {n}, interleaved)"
+    path = save_comparisons(NAME, title, comps, argv=argv, facts=facts, **extra)
     print(f"saved {path}")
     return 0
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-__all__ = ["Quiet", "err", "fail", "out", "plain_line"]
+__all__ = ["Quiet", "RepoDir", "err", "fail", "out", "plain_line"]
 
 # soft_wrap: a message is one line however narrow the terminal (or 80 columns in a pipe).
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -16,6 +17,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+RepoDir = Annotated[
+    Path, typer.Argument(help="Repository root.", exists=True, file_okay=False, resolve_path=True)
+]
 
 
 def fail(exc: BaseException, code: int = 1) -> typer.Exit:

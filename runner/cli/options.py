@@ -2,17 +2,21 @@
 
 ``--memory --cpus --pids`` become ``setup(limits=...)``, ``--timeout`` caps every
 command (``AIDER_FSM_MAX_CMD_SECONDS``), ``--pipeline`` is ``setup(pipeline_rel=...)``,
-``--require-hints`` is ``setup(hints="require")``.
+``--require-hints`` is ``setup(hints="require")``. Both commands declare them once, as
+a ``contract: ContractOptions`` parameter (``takes_contract_options``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -53,6 +57,56 @@ Timeout = Annotated[
 ]
 
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ContractOptions:
+    """The options above, as the one value ``run`` and ``validate`` receive."""
+
+    pipeline: str
+    require_hints: bool
+    memory: str | None
+    cpus: float | None
+    pids: int | None
+    timeout: int | None
+
+    @property
+    def limits(self) -> Limits:
+        return limits_of(self.memory, self.cpus, self.pids)
+
+
+_CONTRACT_PARAMS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=option, default=default)
+    for name, option, default in (
+        ("pipeline", Pipeline, "pipeline.yml"),
+        ("require_hints", RequireHints, False),
+        ("memory", Memory, None),
+        ("cpus", Cpus, None),
+        ("pids", Pids, None),
+        ("timeout", Timeout, None),
+    )
+]
+
+
+def takes_contract_options(fn: Callable[..., R]) -> Callable[..., R]:
+    """Show typer the six options where ``fn`` has ``contract``; pass them as one value.
+
+    ``contract`` must be keyword-only (the options keep its place in ``--help``).
+    """
+    params: list[inspect.Parameter] = []
+    for param in inspect.signature(fn, eval_str=True).parameters.values():
+        params.extend(_CONTRACT_PARAMS if param.name == "contract" else [param])
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        values = {p.name: kwargs.pop(p.name) for p in _CONTRACT_PARAMS}
+        return fn(*args, contract=ContractOptions(**values), **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return wrapper
+
+
 def limits_of(memory: str | None, cpus: float | None, pids: int | None) -> Limits:
     """The caller's limits: the defaults with what was given (the contract can only lower cpus/pids)."""
     base = Limits()
@@ -72,15 +126,7 @@ class ContractFacts:
     limits: str
 
 
-def contract_facts(
-    path: Path,
-    pipeline_rel: str,
-    *,
-    require_hints: bool,
-    memory: str | None,
-    cpus: float | None,
-    pids: int | None,
-) -> ContractFacts:
+def contract_facts(path: Path, contract: ContractOptions) -> ContractFacts:
     """The official-commands mode a run of this contract gets, and its sandbox limits."""
     from runner.contract import load_pipeline
     from runner.session.sandbox_open import sandbox_limits
@@ -88,14 +134,14 @@ def contract_facts(
     from runner.trust.hint_check import decide
     from runner.trust.hints import hint_env
 
-    pipeline = load_pipeline(path / pipeline_rel)
+    pipeline = load_pipeline(path / contract.pipeline)
     found = json.loads(hint_env(path, python_version="3.11").get("AIDER_FSM_HINTS_JSON") or "[]")
     ev = pipeline.stage("evaluation")
     decision = decide(
-        "require" if require_hints else "auto",
+        "require" if contract.require_hints else "auto",
         found,
         agent_wrote=False,
         contract_asks=truthy((ev.env if ev else {}).get("AIDER_FSM_REQUIRE_HINTS")),
     )
-    lim = sandbox_limits(pipeline, limits_of(memory, cpus, pids))
+    lim = sandbox_limits(pipeline, contract.limits)
     return ContractFacts(decision, f"memory={lim.memory} cpus={lim.cpus:g} pids={lim.pids}")

@@ -1,8 +1,8 @@
 """Where official commands are found: README/docs fences, CI steps, tox, nox, Make, npm.
 
-Each reader yields :class:`Hint` objects with their source; the filters decide what
-counts as a test/evaluation command. Generic on purpose (notes/predecessor.md 6.1 and
-14.5): interest words and file formats, never rules tuned to one project.
+Each reader yields :class:`Hint` objects with their source; which lines count as a
+test/evaluation command is ``hint_lines``'s call. Generic on purpose (notes/predecessor.md
+6.1 and 14.5): file formats, never rules tuned to one project.
 
 Standard library only at module level (imported inside the sandbox through
 ``runner.trust.hints``); PyYAML is imported lazily for CI files, which are read on the host.
@@ -15,161 +15,30 @@ import configparser
 import json
 import re
 import shlex
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from runner.trust.hint_lines import (
+    Hint,
+    is_interesting,
+    is_setup_only,
+    logical_lines,
+    looks_like_command,
+)
 
 MAX_DOC_FILES = 8
 MAX_DOC_CHARS = 200_000
 MAX_CI_FILES = 8
 MAX_FILE_BYTES = 1_000_000
 
-
-def words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_INTEREST = re.compile(
-    r"(?<![a-z])(?:eval|bench)|\bleaderboard\b|\bpy\.?test\b|\bunittest\b"
-    r"|\b(?:make|just)\s+(?:tests?|check|evals?|bench\w*)\b"
-    r"|\b(?:npm|pnpm|yarn)\s+(?:run\s+)?test\b"
-    r"|(?:^|&&|;|\|\|)\s*(?:tox|nox|go\s+test|cargo\s+test)\b",
-    re.IGNORECASE,
-)
 _TASK_NAME = re.compile(r"(?:tests?|check|evals?|evaluate|evaluation|bench|benchmarks?)")
 _TEST_STEP = re.compile(r"\b(?:tests?|eval\w*|bench\w*)\b", re.IGNORECASE)
-_SETUP = re.compile(
-    r"^(?:(?:python3?\s+-m\s+)?(?:pip3?|uv\s+pip|conda|mamba|poetry|pdm|npm|yarn|pnpm|"
-    r"apt(?:-get)?|brew|pipx)\s+(?:install|uninstall|add|ci|i|sync|update|upgrade)\b"
-    r"|(?:source|\.)\s|(?:git\s+clone|cd|export|mkdir|uv\s+(?:sync|venv)|pre-commit\s+install"
-    r"|docker\s+(?:pull|build|push|login)|conda\s+(?:create|activate)|set)\b"
-    r"|(?:python3?\s+-m\s+)?(?:venv|virtualenv)\b)"
-)
-_PASSIVE = words(
-    "echo printf cat ls head tail grep rg sed awk jq wc rm cp mv touch true false test "
-    "which pwd sleep date tee"
-)
-_PROGRAMS = words(
-    "bash sh zsh python python3 pip pip3 uv uvx poetry conda pdm hatch make just pytest "
-    "py.test tox nox docker git npm npx yarn pnpm node go cargo accelerate torchrun "
-    "deepspeed inspect coverage"
-)
 _SHELL_LANGS = frozenset({"", "bash", "sh", "shell", "zsh", "console", "terminal", "cmd"})
 _PROMPT_ONLY_LANGS = frozenset({"console", "terminal", "shell-session", "sh-session"})
-_PROMPT = re.compile(r"^(?:\$|%)\s+")
-ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=\S*$")
-_SEGMENT = re.compile(r"\s*(?:&&|\|\||;)\s*")
 _FENCE = re.compile(r"^(`{3,}|~{3,})\s*\{?\.?([\w+-]*)")
 _RST_CODE = re.compile(r"^(\s*)\.\.\s+(?:code-block|code|sourcecode)::\s*([\w+-]*)\s*$")
-_KEYVAL = re.compile(r"^\w+\s*=\s*[{\"]")  # BibTeX fields and similar non-commands
 _GH_EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
-
-
-@dataclass(frozen=True)
-class Hint:
-    """One official command and where it was found (``README.md:42``, a workflow path)."""
-
-    command: str
-    source: str
-
-
-# --- line-level filters -------------------------------------------------------------
-
-
-def tokens(cmd: str) -> list[str]:
-    try:
-        return shlex.split(cmd, comments=False)
-    except ValueError:
-        return cmd.split()
-
-
-def segments(cmd: str) -> list[str]:
-    return [s for s in _SEGMENT.split(cmd) if s.strip()]
-
-
-def program_of(cmd: str) -> str:
-    """The program a command line runs: skips ``cd X &&`` segments and ``VAR=value``."""
-    for segment in segments(cmd):
-        toks = tokens(segment)
-        while toks and ASSIGNMENT.match(toks[0]):
-            toks.pop(0)
-        if toks and toks[0] not in ("cd", "export", "source", ".", "set"):
-            return toks[0]
-    return ""
-
-
-def _strip_comment(line: str) -> str:
-    """Cut a trailing ``# comment`` that is outside quotes."""
-    quote = ""
-    for i, ch in enumerate(line):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].rstrip()
-    return line
-
-
-def _looks_like_command(line: str) -> bool:
-    first = program_of(line)
-    if not first or first[0] in "@*[({<#|&-":
-        return False
-    if first[0] in "./$" or "/" in first or first.endswith((".py", ".sh")):
-        return True
-    return first in _PROGRAMS or bool(re.fullmatch(r"[a-z][a-z0-9]*(?:[._-][a-z0-9]+)+", first))
-
-
-def _is_setup_only(cmd: str) -> bool:
-    """True when every segment only installs, clones, moves around or prints."""
-    for segment in segments(cmd):
-        words = segment.split()
-        while words and ASSIGNMENT.match(words[0]):
-            words.pop(0)
-        body = " ".join(words)
-        if body and not (_SETUP.match(body) or words[0] in _PASSIVE):
-            return False
-    return True
-
-
-def is_interesting(cmd: str) -> bool:
-    """Whether a command looks like a test/evaluation run (not setup, not shell plumbing)."""
-    if re.search(r"\|\s*(?:sudo\s+)?(?:ba|z|da)?sh\b", cmd) or _KEYVAL.match(cmd):
-        return False
-    if program_of(cmd) == "eval":  # the shell builtin: `eval "$(pyenv init -)"`
-        return False
-    return bool(_INTEREST.search(cmd)) and not _is_setup_only(cmd)
-
-
-def _logical_lines(lines: Iterable[str], *, prompt_only: bool = False) -> Iterator[tuple[int, str]]:
-    """(index of first physical line, command): ``\\`` continuations joined, prompts,
-    comments and REPL lines dropped."""
-    pending, first = "", 0
-    for index, raw in enumerate(lines):
-        line = raw.strip()
-        prompt = _PROMPT.match(line)
-        if prompt_only and not prompt and not pending:
-            continue
-        if prompt:
-            line = line[prompt.end() :]
-        if line.startswith((">>>", "...")) and not pending:
-            continue
-        if pending:
-            line, pending = f"{pending} {line}", ""
-        else:
-            first = index
-        if line.endswith("\\"):
-            pending = line[:-1].rstrip()
-            continue
-        line = _strip_comment(line)
-        if line:
-            yield first, re.sub(r"[ \t]+", " ", line)
-    if pending:
-        yield first, pending
-
-
-# --- sources ------------------------------------------------------------------------
 
 
 def read_text(path: Path, limit: int = MAX_FILE_BYTES, *, root: Path | None = None) -> str:
@@ -223,8 +92,8 @@ def _doc_hints(root: Path, path: Path) -> Iterator[Hint]:
     for start, lang, body in blocks:
         if lang not in _SHELL_LANGS and lang not in _PROMPT_ONLY_LANGS:
             continue
-        for offset, cmd in _logical_lines(body, prompt_only=lang in _PROMPT_ONLY_LANGS):
-            if _looks_like_command(cmd) and is_interesting(cmd):
+        for offset, cmd in logical_lines(body, prompt_only=lang in _PROMPT_ONLY_LANGS):
+            if looks_like_command(cmd) and is_interesting(cmd):
                 yield Hint(cmd, f"{rel}:{start + offset}")
 
 
@@ -293,12 +162,12 @@ def _resolve_ci_expr(cmd: str, matrix: Mapping[str, str]) -> str:
 
 def _script_hints(script: str, source: str, *, keep_all: bool, cwd: str = "") -> Iterator[Hint]:
     """Hints from one CI script: interesting lines (all non-setup lines in a test step)."""
-    for _, line in _logical_lines(script.splitlines()):
+    for _, line in logical_lines(script.splitlines()):
         if re.fullmatch(r"cd\s+\S+", line):
             cwd = line[3:].strip()
             continue
-        wanted = is_interesting(line) or (keep_all and _looks_like_command(line))
-        if wanted and not _is_setup_only(line):
+        wanted = is_interesting(line) or (keep_all and looks_like_command(line))
+        if wanted and not is_setup_only(line):
             yield Hint(f"cd {cwd} && {line}" if cwd else line, source)
 
 
@@ -351,7 +220,7 @@ def _tox_hints(root: Path) -> Iterator[Hint]:
         if section != "testenv" and not section.startswith("testenv:"):
             continue
         lines = parser.get(section, "commands", fallback="").splitlines()
-        for _, cmd in _logical_lines(lines):
+        for _, cmd in logical_lines(lines):
             cmd = re.sub(r"\{posargs:([^{}]*)\}", r"\1", cmd.lstrip("- "))
             cmd = re.sub(r"\{(\w+)\}", lambda m: known.get(m.group(1), "{?}"), cmd)
             cmd = " ".join(t for t in cmd.split() if "{?}" not in t)

@@ -1,10 +1,11 @@
 """Official commands ("hints"): which to export, how to run them here, what proves they ran.
 
 A repository says how it is evaluated in its README fences, CI ``run`` steps, tox/nox
-sessions and Makefile targets (``hint_sources``); the evaluation stage must really run
-one of them (notes/predecessor.md section 6). Ranking and normalisation are generic:
-fill the blanks a README leaves (``--model <name>``), adapt to the sandbox's Python,
-refuse what cannot run unattended; never flags or datasets of one particular tool.
+sessions and Makefile targets (``hint_sources``, read line by line with ``hint_lines``);
+the evaluation stage must really run one of them (notes/predecessor.md section 6).
+Ranking and normalisation are generic: fill the blanks a README leaves (``--model
+<name>``), adapt to the sandbox's Python, refuse what cannot run unattended; never flags
+or datasets of one particular tool.
 
 Standard library only: ``runner.helpers.generic_evaluation`` imports this module inside the
 sandbox, where only the container's python3 exists.
@@ -21,17 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from runner.trust import shell_words
-from runner.trust.hint_sources import (
+from runner.trust.hint_lines import (
     ASSIGNMENT,
     Hint,
     is_interesting,
-    iter_hints,
     program_of,
-    read_text,
     segments,
     tokens,
     words,
 )
+from runner.trust.hint_sources import iter_hints, read_text
 
 __all__ = [
     "MAX_ANCHORS",
