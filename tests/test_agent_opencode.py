@@ -97,7 +97,9 @@ def bare_repo(root: Path) -> Path:
 
 def leftovers(run_id: str) -> list[str]:
     client = get_client()
-    containers = client.containers.list(all=True, filters={"label": f"fsm-runner.run-id={run_id}"})
+    containers = client.containers.list(
+        all=True, ignore_removed=True, filters={"label": f"fsm-runner.run-id={run_id}"}
+    )
     return [c.name for c in containers]
 
 

@@ -438,7 +438,7 @@ def test_ctrl_c_during_run_leaves_no_container(tmp_path: Path, default_image: st
     result = json.loads(out)
     assert result["interrupted"] is True and result["ok"] is False
     left = get_client().containers.list(
-        all=True, filters={"label": f"fsm-runner.run-id={result['run_id']}"}
+        all=True, ignore_removed=True, filters={"label": f"fsm-runner.run-id={result['run_id']}"}
     )
     assert left == []
 

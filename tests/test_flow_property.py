@@ -161,7 +161,9 @@ class SessionFlow(RuleBasedStateMachine):
         try:
             self.sess.close()
             left = get_client().containers.list(
-                all=True, filters={"label": f"fsm-runner.run-id={self.sess.run_id}"}
+                all=True,
+                ignore_removed=True,
+                filters={"label": f"fsm-runner.run-id={self.sess.run_id}"},
             )
             assert left == [], f"containers left after close: {[c.name for c in left]}"
         finally:

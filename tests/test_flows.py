@@ -235,9 +235,11 @@ def test_keep_shell_and_gc_kept(tmp_path: Path, default_image: str) -> None:
         assert "kept by run --keep" in gc.stdout
         assert client.containers.get(name).status == "running"  # plain gc leaves it
         assert fsm("gc", "--kept").returncode == 0
-        assert client.containers.list(all=True, filters={"name": name}) == []
+        assert client.containers.list(all=True, ignore_removed=True, filters={"name": name}) == []
     finally:
-        for leftover in client.containers.list(all=True, filters={"name": name}):
+        for leftover in client.containers.list(
+            all=True, ignore_removed=True, filters={"name": name}
+        ):
             leftover.remove(force=True, v=True)
 
 

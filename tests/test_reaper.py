@@ -80,7 +80,9 @@ def session_objects(sid: str) -> dict[str, list[str]]:
     client = get_client()
     label = {"label": f"{LABEL_SANDBOX}={sid}"}
     return {
-        "containers": [c.name for c in client.containers.list(all=True, filters=label)],
+        "containers": [
+            c.name for c in client.containers.list(all=True, ignore_removed=True, filters=label)
+        ],
         "networks": [n.name for n in client.networks.list(filters=label)],
         "volumes": [v.name for v in client.volumes.list(filters=label)],
         "rules": [f"{r.chain} {r.spec}" for r in tagged_rules() if r.sandbox_id == sid],
@@ -231,4 +233,6 @@ def test_concurrent_gcs_race_over_the_same_leftovers_and_all_finish(default_imag
     for r in reports:
         assert r.failed == [], r
         assert all("container fsm-" in line for line in r.in_progress), r
-    assert [c.name for c in client.containers.list(all=True) if c.name in names] == []
+    assert [
+        c.name for c in client.containers.list(all=True, ignore_removed=True) if c.name in names
+    ] == []

@@ -69,7 +69,7 @@ def test_predecessor_contract_same_result_in_container(tmp_path: Path, default_i
     assert teardown, "teardown did not run in the sandbox"
     # Nothing of ours is left running.
     left = get_client().containers.list(
-        all=True, filters={"label": f"fsm-runner.run-id={sess.run_id}"}
+        all=True, ignore_removed=True, filters={"label": f"fsm-runner.run-id={sess.run_id}"}
     )
     assert left == []
     # The host checkout was written only under .aider_fsm/.
@@ -287,10 +287,10 @@ def test_forgotten_session_is_closed_by_garbage_collection(
     assert sess.rollout(llm="m", repair_iters=0).ok
     run_id = sess.run_id
     label = {"label": f"fsm-runner.run-id={run_id}"}
-    assert get_client().containers.list(all=True, filters=label)
+    assert get_client().containers.list(all=True, ignore_removed=True, filters=label)
     del sess
     gc.collect()
-    assert get_client().containers.list(all=True, filters=label) == []
+    assert get_client().containers.list(all=True, ignore_removed=True, filters=label) == []
 
 
 def test_env_file_reaches_stages_and_is_masked(tmp_path: Path, default_image: str) -> None:

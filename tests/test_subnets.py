@@ -95,7 +95,7 @@ def test_llm_network_takes_a_free_subnet_and_says_when_none_is_left(
                 pass
         # Neither sandbox left a container behind, the refused one included.
         label = next(f"{k}={v}" for k, v in marker.items())
-        assert client.containers.list(all=True, filters={"label": label}) == []
+        assert client.containers.list(all=True, ignore_removed=True, filters={"label": label}) == []
     finally:
         model.close()
         for net in squat:

@@ -220,5 +220,7 @@ def test_batch_jobs_open_pooled_sandboxes_labelled_with_their_run_ids(tmp_path: 
     # before, whose run-id label had to equal the session's run id to be taken at all.
     assert prepared == [False, True, True]
     run_ids = {r.run_id for r in results}
-    found = get_client().containers.list(all=True, filters={"label": "fsm-runner.kind"})
+    found = get_client().containers.list(
+        all=True, ignore_removed=True, filters={"label": "fsm-runner.kind"}
+    )
     assert [c.name for c in found if c.labels.get("fsm-runner.run-id") in run_ids] == []

@@ -58,7 +58,9 @@ def assert_in_docker(sess: EnvSession, *host_canaries: Path) -> None:
 
 def labelled_containers(run_id: str) -> list[Any]:
     return list(
-        get_client().containers.list(all=True, filters={"label": f"{RUN_ID_LABEL}={run_id}"})
+        get_client().containers.list(
+            all=True, ignore_removed=True, filters={"label": f"{RUN_ID_LABEL}={run_id}"}
+        )
     )
 
 

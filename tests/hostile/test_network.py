@@ -305,7 +305,9 @@ def test_without_iptables_networked_policies_are_refused(
         assert _attached_networks(sb.container_id) == {}  # nothing was attached
         assert sb.network_policy == NetworkPolicy.NONE
         assert sb.exec("echo still-usable").stdout.strip() == "still-usable"
-    left = get_client().containers.list(all=True, filters={"label": "fsm-runner.test"})
+    left = get_client().containers.list(
+        all=True, ignore_removed=True, filters={"label": "fsm-runner.test"}
+    )
     mine = [c.name for c in left if c.labels.get("fsm-runner.test") == marker["fsm-runner.test"]]
     assert mine == []  # the refused opens left nothing behind
     # The user may accept the risk by name; the sandbox then says no firewall is in force.
