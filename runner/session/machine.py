@@ -231,9 +231,12 @@ class EnvSession:
 
     # -- the public calls: rollout(), evaluate(), run_stage() -------------------------------
 
-    def _start(self, llm: str | Path | None, overrides: Mapping[str, str]) -> None:
+    def _require_open(self) -> None:
         if self.state == State.CLOSED:
             raise RunnerError("session is closed; call runner_env.setup() again")
+
+    def _start(self, llm: str | Path | None, overrides: Mapping[str, str]) -> None:
+        self._require_open()
         if llm is not None:
             self.llm = parse_llm(llm)
         if self.state == State.FAILED:
@@ -301,6 +304,7 @@ class EnvSession:
         """Run evaluation (after deploy + rollout when this session has not rolled out), check
         metrics, run the benchmark stage if any, then tear down and close the sandbox."""
         overrides = self._overrides(env_overrides, artifacts_dir)
+        self._require_open()  # a closed session says so, before any missing model
         if llm is not None:
             self._model_chosen = True
         elif needs_model(self):
