@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.agent.binary import require_opencode
+from runner.agent.checks import require_repo
 from runner.agent.config import Bounds, ModelRoute
 from runner.agent.scope import AIDER_DIR, ScopeReport, host_manifest, in_scope, take_back
 from runner.agent.server import AgentServer
@@ -78,6 +79,33 @@ class AgentSettings:
             opencode_bin=opencode_bin or require_opencode(),
             pipeline_rel=pipeline_rel,
         )
+
+
+def prepare_attempts(
+    repo_root: Path,
+    model: str,
+    *,
+    env: Mapping[str, str] | None,
+    bounds: Bounds | None,
+    image: str | None,
+    opencode_bin: Path | None,
+    pipeline_rel: str,
+) -> tuple[Path, AgentSettings]:
+    """The checked repo root and the settings every attempt on it runs with (scaffold, repair).
+
+    Raises:
+        AgentError: ``repo_root`` is not a directory (checked first), or what
+            :meth:`AgentSettings.build` raises.
+    """
+    root = require_repo(repo_root)
+    return root, AgentSettings.build(
+        model,
+        env=env,
+        bounds=bounds,
+        image=image,
+        opencode_bin=opencode_bin,
+        pipeline_rel=pipeline_rel,
+    )
 
 
 @dataclass

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Unpack
 
 from runner.agent import prompts
-from runner.agent.attempt import AgentSettings, run_attempt
+from runner.agent.attempt import prepare_attempts, run_attempt
 from runner.agent.checks import (
     contract_texts,
-    require_repo,
     restore_contract,
     snapshot_contract,
     validate_contract,
@@ -27,6 +27,7 @@ from runner.agent.config import Bounds
 from runner.agent.transcript import ModelUnreachable
 from runner.errors import AgentError
 from runner.runs.run_dir import RunDir
+from runner.session.options import RepairRequest
 
 PROVENANCE = "repair_provenance.json"
 
@@ -87,15 +88,8 @@ def repair_contract(
             down; sandbox or server failure; the attempt's time ran out). The contract
             is unchanged then.
     """
-    repo_root = require_repo(repo_root)
-    settings = AgentSettings.build(
-        model,
-        env=env,
-        bounds=bounds,
-        image=image,
-        opencode_bin=opencode_bin,
-        pipeline_rel=pipeline_rel,
-    )
+    repo_root, settings = prepare_attempts(repo_root, model, env=env, bounds=bounds, image=image,
+                                           opencode_bin=opencode_bin, pipeline_rel=pipeline_rel)  # fmt: skip
     record_rel = f"repair_{attempt:02d}"
     before = snapshot_contract(repo_root, pipeline_rel)
     prompt = prompts.repair_prompt(
@@ -156,33 +150,10 @@ def repair_contract(
     return RepairOutcome(ok=not failure, reason=failure, errors=errors, **outcome_fields)  # type: ignore[arg-type]
 
 
-def repair_for_session(
-    repo_root: Path,
-    *,
-    failed_stage: str,
-    reason: str,
-    evidence: Mapping[str, str],
-    model: str,
-    run_dir: RunDir,
-    attempt: int,
-    env: Mapping[str, str],
-    pipeline_rel: str,
-    image: str | None,
-) -> tuple[bool, str]:
+def repair_for_session(repo_root: Path, **request: Unpack[RepairRequest]) -> tuple[bool, str]:
     """:func:`repair_contract` as the session's ``ContractRepairer``: agent failures are outcomes."""
     try:
-        out = repair_contract(
-            repo_root,
-            failed_stage=failed_stage,
-            reason=reason,
-            evidence=evidence,
-            model=model,
-            run_dir=run_dir,
-            attempt=attempt,
-            env=env,
-            pipeline_rel=pipeline_rel,
-            image=image,
-        )
+        out = repair_contract(repo_root, **request)
     except ModelUnreachable as exc:
         return False, f"model unreachable: {exc}"
     except AgentError as exc:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.agent import prompts
-from runner.agent.attempt import WORKSPACE_EXCLUDE, AgentSettings, AttemptResult, run_attempt
-from runner.agent.checks import require_repo, restore_contract, snapshot_contract, validate_contract
+from runner.agent.attempt import WORKSPACE_EXCLUDE, AttemptResult, prepare_attempts, run_attempt
+from runner.agent.checks import restore_contract, snapshot_contract, validate_contract
 from runner.agent.config import Bounds
 from runner.agent.scope import host_manifest
 from runner.agent.transcript import ModelUnreachable, SandboxUnavailable
@@ -80,15 +80,8 @@ def scaffold_contract(
         raise ValueError(f"attempts must be 1..{MAX_ATTEMPTS}, got {attempts}")
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    repo_root = require_repo(repo_root)
-    settings = AgentSettings.build(
-        model,
-        env=env,
-        bounds=bounds,
-        image=image,
-        opencode_bin=opencode_bin,
-        pipeline_rel=pipeline_rel,
-    )
+    repo_root, settings = prepare_attempts(repo_root, model, env=env, bounds=bounds, image=image,
+                                           opencode_bin=opencode_bin, pipeline_rel=pipeline_rel)  # fmt: skip
     deadline = time.monotonic() + timeout_s
     original = snapshot_contract(repo_root, pipeline_rel)
     files = sorted(host_manifest(repo_root, WORKSPACE_EXCLUDE))

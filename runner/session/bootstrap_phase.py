@@ -14,13 +14,8 @@ import time
 from runner.contract import ActionsSpec, BootstrapSpec, absolutize_env_paths, expand_env
 from runner.contract.paths import FIXED_OUTPUTS
 from runner.session.actions import run_actions
-from runner.session.bootstrap_cache import (
-    NAMESPACE_LABEL,
-    CachePlan,
-    bootstrap_start_shell,
-    cache_namespace,
-    save_snapshot,
-)
+from runner.session.bootstrap_cache import CachePlan, bootstrap_start_shell, save_snapshot
+from runner.session.cache_key import NAMESPACE_LABEL, cache_namespace
 from runner.session.passes import Pass
 from runner.session.pipeline_stages import StageContext, exec_stage, net
 from runner.session.sandbox_open import record_bootstrap_cache, record_stage_network

@@ -15,14 +15,17 @@ wrote is returned, with ``metrics_accepted`` false and the reason. A contract wi
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from runner.contract import PipelineSpec
 from runner.contract import validate_metrics as _validate_metrics
 from runner.contract.outputs import read_json_object
 from runner.errors import ContractError
+from runner.runs.run_dir import RunDir
 from runner.session.outputs_io import write_host_output
 from runner.session.passes import Pass, pull_stage_files, sync_output
 from runner.session.pipeline_stages import StageContext, run_pipeline_stage
@@ -31,10 +34,56 @@ from runner.session.stages import StageResult
 from runner.session.test_counts import tests_metrics
 from runner.trust.audit import audit_evaluation, scripts_named
 from runner.trust.evidence import claimed_hints_errors, executed_commands, truthy
-from runner.trust.hint_check import HintsVerdict, official_commands_run
-from runner.trust.hints import read_hints_exec
+from runner.trust.hint_check import (
+    HintsDecision,
+    HintsOption,
+    HintsVerdict,
+    decide,
+    official_commands_run,
+)
+from runner.trust.hints import hint_env, read_hints_exec
 
 DEFAULT_METRICS_PATH = ".aider_fsm/metrics.json"
+
+log = logging.getLogger("fsm_runner")
+
+
+def found_hints(repo_root: Path) -> dict[str, str]:
+    """The official commands of README/docs/CI, as the evaluation's env; a broken file there
+    is not fatal (none found)."""
+    try:
+        return hint_env(repo_root, python_version="3.11")
+    except (OSError, ValueError) as exc:
+        log.warning("hint extraction failed: %s", exc)
+        return {}
+
+
+def decide_hints_mode(
+    hints: dict[str, str],
+    pipeline: PipelineSpec,
+    *,
+    option: HintsOption,
+    extra_env: Mapping[str, str],
+    agent_wrote: bool,
+    run_dir: RunDir,
+) -> HintsDecision:
+    """Require or report official commands (issue 16.2); the evaluation env says which.
+
+    The decision goes into ``hints`` (``AIDER_FSM_REQUIRE_HINTS``) and ``events.jsonl``.
+    """
+    found = json.loads(hints.get("AIDER_FSM_HINTS_JSON") or "[]")
+    ev = pipeline.stage("evaluation")
+    decision = decide(
+        option,
+        found,
+        agent_wrote=agent_wrote,
+        contract_asks=truthy((ev.env if ev else {}).get("AIDER_FSM_REQUIRE_HINTS"))
+        or truthy(extra_env.get("AIDER_FSM_REQUIRE_HINTS")),
+    )
+    if hints:
+        hints["AIDER_FSM_REQUIRE_HINTS"] = "1" if decision.mode == "require" else "0"
+    run_dir.event("hints_mode", mode=decision.mode, why=decision.why, found=found)
+    return decision
 
 
 def evaluate_stages(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict, Unpack
 
 from runner.runs.run_dir import RunDir
 from runner.session.bootstrap_cache import CacheMode
@@ -17,6 +17,20 @@ from runner.trust.hint_check import HintsOption
 from sandbox import Limits, NetworkPolicy
 
 Progress = Callable[[str], None]
+
+
+class RepairRequest(TypedDict):
+    """What the session tells the repairer about one failure (the repairer's keywords)."""
+
+    failed_stage: str
+    reason: str
+    evidence: Mapping[str, str]
+    model: str
+    run_dir: RunDir
+    attempt: int
+    env: Mapping[str, str]
+    pipeline_rel: str
+    image: str | None
 
 
 class ContractRepairer(Protocol):
@@ -28,20 +42,7 @@ class ContractRepairer(Protocol):
     for the agent's own failures.
     """
 
-    def __call__(
-        self,
-        repo_root: Path,
-        *,
-        failed_stage: str,
-        reason: str,
-        evidence: Mapping[str, str],
-        model: str,
-        run_dir: RunDir,
-        attempt: int,
-        env: Mapping[str, str],
-        pipeline_rel: str,
-        image: str | None,
-    ) -> tuple[bool, str]: ...
+    def __call__(self, repo_root: Path, **request: Unpack[RepairRequest]) -> tuple[bool, str]: ...
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,17 @@ class EvaluationResult:
     metrics_accepted: bool = False
     hints: dict[str, Any] | None = None
 
+    def outcome(self) -> dict[str, Any]:
+        """What ``evaluation_end`` and ``stage_run_end`` record of this result."""
+        return {
+            "ok": self.ok,
+            "failed_stage": self.failed_stage,
+            "reason": self.reason,
+            "metrics": self.metrics,
+            "metrics_accepted": self.metrics_accepted,
+            "hints": self.hints,
+        }
+
 
 RolloutCallResult = RolloutResult
 EvaluationCallResult = EvaluationResult
