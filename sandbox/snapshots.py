@@ -1,7 +1,7 @@
 """Snapshot images: a sandbox's state after bootstrap, committed as a local image.
 
 The runner decides *when* a snapshot is valid (a content hash of what decides the
-bootstrap, ``runner/bootstrap_cache.py``) and which workspace files bootstrap made; this
+bootstrap, ``runner/session/bootstrap_cache.py``) and which workspace files bootstrap made; this
 module stores, finds and prunes them. A snapshot is tagged ``fsm-runner/bootstrap:<key>``.
 
 Last use is a file per key under the cache dir (its mtime), so ``prune`` can remove the
