@@ -12,6 +12,7 @@ from typing import Any
 
 from docker.types import Mount, Ulimit
 
+from . import atomic
 from .base import SandboxSpec
 from .dns import resolv_conf_file
 from .engine import engine_errors
@@ -93,7 +94,7 @@ def create_container(
         mounts.append(Mount(spec.workspace, str(spec.workspace_src.resolve()), type="bind"))
     if volume_labels is not None:
         mounts.append(Mount(target=spec.workspace, source="", type="volume", labels=volume_labels))
-    with engine_errors("create container"):
+    with engine_errors("create container"), atomic.creating():
         return client.containers.create(
             image,
             ["sleep", "infinity"],

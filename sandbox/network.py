@@ -25,7 +25,7 @@ from typing import Any
 
 import docker
 
-from . import subnets
+from . import atomic, subnets
 from .base import NetworkPolicy
 from .engine import creator_labels, engine_errors
 from .errors import SandboxError
@@ -167,7 +167,7 @@ class NetworkSwitch:
             ipam = docker.types.IPAMConfig(
                 pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=gateway)]
             )
-            with engine_errors("create llm network"):
+            with engine_errors("create llm network"), atomic.creating():
                 try:
                     net = self._client.networks.create(
                         name,

@@ -81,3 +81,71 @@ def test_a_stop_signal_waits_only_while_a_sandbox_is_being_removed(
         assert "SIGTERM ignored: still removing the sandbox" in err
     else:
         assert proc.returncode == -15 and "finished" not in out
+
+
+def _child(tmp_path: Path, code: str) -> subprocess.Popen[str]:
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_stop_signal_before_the_command_catches_it_still_exits_128_plus_signal(
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM in a command's first lines (its imports) used to reach typer, which turns
+    any KeyboardInterrupt into a silent exit 130: the chaos test saw SIGTERMed runs exit 130."""
+    proc = _child(
+        tmp_path,
+        """
+        import os, signal, time
+        from runner.cli.interrupts import during
+
+        @during
+        def command():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            print("not reached", flush=True)
+
+        command()
+        """,
+    )
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "not reached" not in out
+    assert "fsm-runner: interrupted (SIGTERM)" in err
+
+
+def test_a_stop_signal_waits_for_an_engine_create_in_flight(tmp_path: Path) -> None:
+    """A SIGTERM that lands while the engine creates a network is held until the call
+    returns, then acts: the caller unwinds with something that exists, so its cleanup
+    removes it (before, the engine finished the create after the removal and it leaked)."""
+    proc = _child(
+        tmp_path,
+        """
+        import os, signal, time
+        from runner.cli.interrupts import Interrupted, during
+        from sandbox import atomic
+
+        @during
+        def command():
+            try:
+                with atomic.creating():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.2)
+                    print("created", flush=True)
+            except Interrupted:
+                print("interrupted after the create", flush=True)
+                raise
+
+        command()
+        """,
+    )
+    out, err = proc.communicate(timeout=30)
+    assert out.splitlines() == ["created", "interrupted after the create"], (out, err)
+    assert proc.returncode == 143

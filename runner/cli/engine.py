@@ -72,6 +72,17 @@ def cleanup_pending() -> bool:
     return removals_pending() or open_sandbox_count() > 0
 
 
+def hold_stop_signal(signum: int) -> bool:
+    """An engine create call is in flight: ``signum`` is delivered again when it returns."""
+    import sys
+
+    if "sandbox.atomic" not in sys.modules:  # nothing was ever created
+        return False
+    from sandbox.atomic import hold_stop_signal as hold
+
+    return hold(signum)
+
+
 def finish_sandboxes() -> None:
     """End of a command: remove a head start nobody took, join the background removals.
 

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import ParamSpec, TypeVar
 
+from runner.cli import engine
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,6 +58,8 @@ class StopSignals:
                 f"fsm-runner: {signal.Signals(signum).name} ignored: still cleaning up "
                 "(kill -9 abandons the sandbox; `fsm-runner gc` removes it later)\n"
             )
+            return
+        if engine.hold_stop_signal(signum):  # raised again once the engine made it
             return
         self.signum = signum
         raise Interrupted(signum)
@@ -96,6 +100,11 @@ def during(fn: Callable[P, R]) -> Callable[P, R]:
             _active.append(state)
             try:
                 return fn(*args, **kwargs)
+            except Interrupted as exc:
+                # Landed where the command does not catch it (its imports, its first
+                # lines): typer would turn it into a silent exit 130 whatever the signal.
+                sys.stderr.write(f"fsm-runner: interrupted ({exc.signal_name})\n")
+                raise SystemExit(128 + exc.signum) from None
             finally:
                 _active.pop()
 
@@ -122,6 +131,8 @@ def cleanup_guard(pending: Callable[[], bool]) -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
 
     def handle(signum: int, frame: FrameType | None) -> None:
+        if engine.hold_stop_signal(signum):  # raised again once the engine made it
+            return
         if pending():
             sys.stderr.write(
                 f"fsm-runner: {signal.Signals(signum).name} ignored: still removing the "

@@ -85,21 +85,20 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """setup + rollout + evaluate; exit code 0 only when the evaluation is ok."""
-    import runner_env
-
     stop = interrupts.active()
-    engine.remove_sandboxes_in_background()  # overlaps the report; joined in main()
-    # The container starts while the runner loads (runner/session/prestart.py).
-    run_id = prestart(target, backend=sandbox, image=image, llm=llm)
-
-    style = "quiet" if quiet else ("plain" if follow else view_style(err))
-    view = StageView(err, style)
     sess: EnvSession | None = None
     interrupted = False
     agent_options: dict[str, Any] = {"opencode_model": opencode_model} if opencode_model else {}
     timeout = contract.timeout
     overrides = {"AIDER_FSM_MAX_CMD_SECONDS": str(timeout)} if timeout else {}
-    try:
+    try:  # from the first line: a stop signal may land while the runner still loads
+        import runner_env
+
+        engine.remove_sandboxes_in_background()  # overlaps the report; joined in main()
+        # The container starts while the runner loads (runner/session/prestart.py).
+        run_id = prestart(target, backend=sandbox, image=image, llm=llm)
+        style = "quiet" if quiet else ("plain" if follow else view_style(err))
+        view = StageView(err, style)
         sess = runner_env.setup(
             target,
             run_id=run_id,
