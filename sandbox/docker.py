@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import uuid
-import weakref
 from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -45,7 +44,11 @@ from .lifecycle import (
 from .network import NetworkSwitch
 from .volume_fill import copy_tree
 
-_open_sandboxes: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
+_open_sandboxes: set[DockerSandbox] = set()
+"""Every sandbox of this process not yet removed, held strongly: one its owner dropped
+without closing (a stop signal landing between a warm pool handing it out and the session
+taking it) is still removed at exit. A weak set let the garbage collector forget it and
+the container outlived the process (the chaos test caught it)."""
 
 
 def _close_leftovers() -> None:

@@ -96,3 +96,26 @@ def test_an_in_process_cli_run_leaves_close_synchronous_again(
     label = {"label": f"fsm-runner.run-id={run_id}"}
     assert get_client().containers.list(all=True, filters=label, ignore_removed=True) == []
     assert removing_in_background() is False and installed() is None
+
+
+def test_a_sandbox_dropped_without_close_is_still_removed_at_exit(
+    default_image: str, tmp_path: Path
+) -> None:
+    """Its owner lost it (a stop signal between a warm pool handing it out and the session
+    storing it): no reference is left, yet the process must not exit leaving it running."""
+    script = tmp_path / "dropper.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import gc
+        from sandbox import SandboxSpec, open_sandbox
+        sb = open_sandbox(SandboxSpec(image={default_image!r}))
+        print(sb.sandbox_id, flush=True)
+        del sb
+        gc.collect()
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert find_sandbox_containers(proc.stdout.strip()) == []

@@ -139,9 +139,15 @@ def start(repo: Path, model_url: str) -> Run:
 
 
 def finish(run: Run, timeout: float = 120) -> tuple[int, str]:
-    out, _ = run.proc.communicate(timeout=timeout)
+    # stdout only: the reader thread owns stderr (communicate() would take lines from it).
+    assert run.proc.stdout is not None
+    with run.proc.stdout:
+        out = run.proc.stdout.read()
+    run.proc.wait(timeout=timeout)
     if run.reader is not None:
         run.reader.join(10)
+    if run.proc.stderr is not None:
+        run.proc.stderr.close()
     return run.proc.returncode, out
 
 
