@@ -34,22 +34,20 @@ def cap_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     return f"{text[:head]}\n[truncated {cut} chars]\n{text[len(text) - (limit - head) :]}"
 
 
-def _positive_env(name: str, default: int) -> int:
+def positive_int_env(name: str, default: int, error: type[Exception] = RunnerError) -> int:
     """A positive whole number from the environment, or ``default`` when unset.
 
+    A bad value is an error, never a silent default (it may be a bound the user meant).
+
     Raises:
-        RunnerError: set, but not a positive whole number.
+        error: set, but not a positive whole number of ASCII digits.
     """
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise RunnerError(f"{name}={raw!r}: expected a positive whole number")
-    return value
+    if not (raw.isascii() and raw.isdigit()) or int(raw) <= 0:
+        raise error(f"{name}={raw!r}: expected a positive whole number")
+    return int(raw)
 
 
 def max_copy_bytes() -> int:
@@ -62,7 +60,7 @@ def max_copy_bytes() -> int:
     Raises:
         RunnerError: the variable is set but is not a positive whole number of bytes.
     """
-    return _positive_env(MAX_COPY_ENV, DEFAULT_MAX_COPY_BYTES)
+    return positive_int_env(MAX_COPY_ENV, DEFAULT_MAX_COPY_BYTES)
 
 
 def max_pass_bytes() -> int:
@@ -71,7 +69,7 @@ def max_pass_bytes() -> int:
     Raises:
         RunnerError: ``FSM_RUNNER_MAX_PASS_BYTES`` is set but not a positive whole number.
     """
-    return _positive_env(MAX_PASS_BYTES_ENV, DEFAULT_MAX_PASS_BYTES)
+    return positive_int_env(MAX_PASS_BYTES_ENV, DEFAULT_MAX_PASS_BYTES)
 
 
 def max_pass_entries() -> int:
@@ -80,4 +78,4 @@ def max_pass_entries() -> int:
     Raises:
         RunnerError: ``FSM_RUNNER_MAX_PASS_ENTRIES`` is set but not a positive whole number.
     """
-    return _positive_env(MAX_PASS_ENTRIES_ENV, DEFAULT_MAX_PASS_ENTRIES)
+    return positive_int_env(MAX_PASS_ENTRIES_ENV, DEFAULT_MAX_PASS_ENTRIES)

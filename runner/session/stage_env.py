@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 
 from runner.runs.determinism import determinism_env
+from runner.runs.limits import positive_int_env
 
 STRICT_DEFAULTS = {
     "CI": "1",
@@ -81,9 +82,4 @@ def default_cmd_seconds() -> float:
         ValueError: ``FSM_RUNNER_DEFAULT_CMD_SECONDS`` is set but not a positive whole
             number of seconds (a bad value never means "no timeout").
     """
-    raw = os.environ.get(DEFAULT_CMD_SECONDS_ENV, "").strip()
-    if not raw:
-        return float(DEFAULT_CMD_SECONDS)
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ValueError(f"{DEFAULT_CMD_SECONDS_ENV}={raw!r}: expected a positive whole number")
-    return float(int(raw))
+    return float(positive_int_env(DEFAULT_CMD_SECONDS_ENV, DEFAULT_CMD_SECONDS, ValueError))
