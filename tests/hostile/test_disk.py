@@ -87,13 +87,6 @@ def test_a_stage_writing_past_the_disk_budget_is_killed_and_fails(
     assert labelled_containers(sess.run_id) == []  # gone with its writable layer
 
 
-@pytest.fixture(params=["volume", "archive"])
-def copy_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "archive":
-        monkeypatch.setenv("FSM_RUNNER_WORKSPACE_COPY", "archive")
-    return str(request.param)
-
-
 def test_sixty_sparse_files_do_not_become_gigabytes_on_the_host(
     tmp_path: Path, default_image: str, copy_path: str
 ) -> None:

@@ -245,14 +245,6 @@ def _links_under(root: Path) -> list[str]:
     return found
 
 
-@pytest.fixture(params=["volume", "archive"])
-def copy_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways files leave a sandbox: read from the workspace volume, or the engine's tar."""
-    if request.param == "archive":
-        monkeypatch.setenv("FSM_RUNNER_WORKSPACE_COPY", "archive")
-    return str(request.param)
-
-
 def test_link_chain_then_second_copy_writes_nothing_outside_the_run_dir(
     tmp_path: Path, default_image: str, copy_path: str
 ) -> None:
